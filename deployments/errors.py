@@ -72,6 +72,10 @@ class OverloadedError(RagServeError):
     type = "overloaded_error"
     retriable = True
 
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s  # sent as the Retry-After header
+
 
 class DependencyUnavailableError(RagServeError):
     """A dependency (Milvus, the engine, a replica) cannot be reached (503)."""

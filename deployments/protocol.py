@@ -154,7 +154,10 @@ class QueryResponse(BaseModel):
     id: str
     answer: str
     sources: list[Source]
-    cited: list[int] = Field(description="Source numbers the answer cites.")
+    cited: list[int] = Field(description="Source numbers the model cited as [n] (validated against the sources).")
+    grounded_in: list[int] = Field(
+        description="Source numbers the answer's sentences are drawn from, by lexical overlap (see generator.prompt)."
+    )
     finish_reason: str | None
     usage: Usage
 

@@ -133,6 +133,11 @@ class Generator:
         if first is not None and n_out > 1:
             metrics.observe("rag_generator_tpot_seconds", (time.perf_counter() - first) / (n_out - 1))
 
+    async def ready(self) -> dict[str, str]:
+        """The served model (for /readyz); raises when the engine is dead."""
+        await self.check_health()
+        return {"model": self.cfg.model}
+
     async def check_health(self) -> None:
         """Serve calls this periodically; a dead engine makes Serve replace the replica."""
         if self.engine.errored:

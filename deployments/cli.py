@@ -1,0 +1,212 @@
+"""``ragserve`` command line: serve, ingest, ask, status, config, demo.
+
+Every command reads the one config (``--config``, else ``RAGSERVE_CONFIG``, else
+``cluster/serve_config.yaml``, else the schema defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, env, load_config, load_serve_yaml
+from deployments.errors import RagServeError
+
+log = logging.getLogger("ragserve")
+
+
+def _config(path: str | None) -> AppConfig:
+    if path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH.exists():
+        return load_config(path)
+    return AppConfig()
+
+
+def _http_options(path: str | None) -> dict[str, Any]:
+    p = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    return (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
+
+
+def sample_corpus() -> Path:
+    """The small corpus bundled with the package (used by ``demo`` and the tests)."""
+    return Path(str(resources.files("deployments") / "data" / "sample_corpus"))
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Chunk, embed and write files to Milvus (in this process; no Ray needed)."""
+    from deployments.encoder.model import Embedder
+    from deployments.ingest.pipeline import ingest_paths
+    from deployments.search.store import ChunkStore, connect
+    from deployments.stack import ensure_milvus
+
+    cfg = _config(args.config)
+    lite = ensure_milvus(cfg)
+    try:
+        start = time.perf_counter()
+        embedder = Embedder(cfg.encoder)
+        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim)
+        store.ensure_collection()
+        reports = ingest_paths(args.paths, store, embedder, cfg.ingest, cfg.preprocess)
+        for r in reports:
+            print(f"{r.status:9} {r.chunks:4d} chunks  {r.source}" + (f"  ({r.reason})" if r.reason else ""))
+        print(f"{len(reports)} files, {store.count()} chunks in '{store.name}' "
+              f"({time.perf_counter() - start:.1f}s)")
+    finally:
+        if lite is not None:
+            lite.stop()
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Ask a running server; prints the answer as it streams, then its sources."""
+    body = {"question": args.question, "stream": True}
+    if args.top_k:
+        body["top_k"] = args.top_k
+    done: dict[str, Any] = {}
+    sources: list[dict[str, Any]] = []
+    with httpx.stream("POST", f"{args.url}/v1/query", json=body, timeout=args.timeout) as r:
+        if r.status_code != 200:
+            print(f"error {r.status_code}: {r.read().decode()}", file=sys.stderr)
+            return 1
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if event == "sources":
+                    sources = data["sources"]
+                elif event == "error":
+                    print(f"\nerror: {data['error']['message']}", file=sys.stderr)
+                    return 1
+                elif event == "done":
+                    done = data
+                else:
+                    print(data["delta"], end="", flush=True)
+                event = None
+    print("\n\nSources:")
+    marks = set(done.get("cited", [])) | set(done.get("grounded_in", []))
+    for s in sources:
+        print(f"  {'*' if s['n'] in marks else ' '}[{s['n']}] {s['title']} ({s['source']})  score={s['score']:.4f}")
+    print(f"cited by the model: {done.get('cited')}; answer drawn from: {done.get('grounded_in')}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the server's readiness report (exit 1 when not ready)."""
+    try:
+        r = httpx.get(f"{args.url}/readyz", timeout=10)
+    except httpx.HTTPError as e:
+        print(f"not reachable: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(r.json(), indent=2, ensure_ascii=False))
+    return 0 if r.status_code == 200 else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start Milvus Lite (if local), Ray and the app; serve until interrupted."""
+    from deployments.stack import LocalStack
+
+    http = _http_options(args.config)
+    stack = LocalStack(_config(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000),
+                       ray_address=args.address)
+    stop = threading.Event()
+    # SIGTERM (service managers, `kill`) stops as cleanly as Ctrl-C: Ray and Milvus Lite included.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with stack:
+        print(f"ragserve ready on {stack.url} (cold start {stack.timings['cold_start_s']:.1f}s); Ctrl-C stops it")
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        print("stopping")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole path once: ingest the sample corpus, start everything, ask, stop."""
+    from deployments.stack import LocalStack
+
+    args.paths = [str(sample_corpus())]
+    cmd_ingest(args)
+    http = _http_options(args.config)
+    with LocalStack(_config(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000)) as st:
+        print(f"\napp started in {st.timings['cold_start_s']:.1f}s on {st.url}\n")
+        args.url, args.top_k, args.timeout = st.url, None, 120
+        for q in args.questions or DEMO_QUESTIONS:
+            print(f"Q: {q}\nA: ", end="")
+            args.question = q
+            cmd_ask(args)
+            print()
+    return 0
+
+
+DEMO_QUESTIONS = [
+    "What does Nimbus Vault error code E-4471 mean?",
+    "翠岚坪茶园位于海拔多少米？",
+]
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Validate a config (exit 2 naming the bad field) or print the schema."""
+    if args.schema:
+        print(json.dumps(AppConfig.model_json_schema(), indent=2))
+        return 0
+    cfg = _config(args.config)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragserve", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="serve config YAML (default: $RAGSERVE_CONFIG or cluster/serve_config.yaml)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="start Milvus Lite, Ray and the app")
+    s.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    s.set_defaults(fn=cmd_serve)
+    s = sub.add_parser("ingest", help="ingest text/markdown files or directories")
+    s.add_argument("paths", nargs="+")
+    s.set_defaults(fn=cmd_ingest)
+    for name, fn in (("ask", cmd_ask), ("status", cmd_status)):
+        s = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
+        if name == "ask":
+            s.add_argument("question")
+            s.add_argument("--top-k", type=int)
+            s.add_argument("--timeout", type=float, default=120)
+        s.add_argument("--url", default="http://127.0.0.1:8000")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("demo", help="ingest the sample corpus, start, ask sample questions, stop")
+    s.add_argument("questions", nargs="*")
+    s.set_defaults(fn=cmd_demo)
+    s = sub.add_parser("config", help="validate and print the config, or its schema")
+    s.add_argument("--schema", action="store_true")
+    s.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=env("RAGSERVE_LOG_LEVEL") or "INFO", format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return args.fn(args)
+    except RagServeError as e:
+        print(f"ragserve: {e.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # vLLM spawns processes: keep the entry point guarded
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""HTTP plumbing of the ingress: body parsing, the one error mapping, SSE, request ids, metrics.
+
+Stages raise typed errors (``deployments.errors``) and Ray/Serve raise their own; this module
+is the only place any of them becomes an HTTP status, always with the body
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments import metrics
+from deployments.errors import (
+    DependencyTimeoutError,
+    DependencyUnavailableError,
+    InvalidRequestError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RagServeError,
+    error_body,
+)
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+# --------------------------------------------------------------------------- request bodies
+async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
+    """Read, size-check and validate a JSON body against a strict public model.
+
+    Raises:
+        PayloadTooLargeError: body over ``max_bytes`` (checked while reading, not after).
+        InvalidRequestError: invalid UTF-8, malformed JSON, unknown field, wrong type or value;
+            the message and ``param`` name the offending field.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"request body is {declared} bytes; the limit is {max_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLargeError(f"request body is over the limit of {max_bytes} bytes")
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+def validation_error(e: ValidationError) -> InvalidRequestError:
+    """The first validation problem as a 400 naming its field."""
+    err = e.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "json_invalid":
+        return InvalidRequestError(f"request body is not valid JSON: {err['msg']}")
+    if err["type"] == "extra_forbidden":
+        return InvalidRequestError(f"unknown field '{loc}'", param=loc)
+    where = f"'{loc}'" if loc else "request body"
+    more = f" (and {len(e.errors()) - 1} more problems)" if len(e.errors()) > 1 else ""
+    return InvalidRequestError(f"{where}: {err['msg']}{more}", param=loc or None)
+
+
+# --------------------------------------------------------------------------- error mapping
+def as_ragserve_error(exc: BaseException) -> RagServeError:
+    """Map any exception reaching the ingress to a typed error (and so a status code)."""
+    from ray.exceptions import RayActorError, RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause  # a stage's own error, raised in its replica
+    if isinstance(exc, RagServeError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return OverloadedError(exc.message, retry_after_s=exc.retry_after_s or 1.0)
+    if isinstance(exc, (DeploymentUnavailableError, RayActorError)):
+        return DependencyUnavailableError(f"a stage is unavailable: {type(exc).__name__}")
+    if isinstance(exc, TimeoutError):
+        return DependencyTimeoutError(str(exc) or "a stage did not answer in time")
+    if isinstance(exc, ValidationError):
+        return validation_error(exc)
+    log.exception("unexpected error", exc_info=exc)
+    return RagServeError(f"internal error ({type(exc).__name__})")
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
+    """The HTTP response for an exception (the one place statuses are chosen)."""
+    err = as_ragserve_error(exc)
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    if isinstance(err, OverloadedError):
+        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def sse(data: Any, event: str | None = None) -> str:
+    """One server-sent event; ``data`` is JSON-encoded unless it is already a string."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
+
+
+def sse_error(exc: BaseException) -> str:
+    """An error after streaming began (the status line is already sent): an ``error`` event."""
+    return sse(as_ragserve_error(exc).body(), event="error")
+
+
+# --------------------------------------------------------------------------- middleware
+def request_id_of(scope: Scope) -> str:
+    """The caller's ``X-Request-Id`` when well-formed (bounded charset, ≤64), else a new one."""
+    for k, v in scope.get("headers", []):
+        if k == b"x-request-id":
+            value = v.decode("latin-1")
+            if _REQUEST_ID_OK.match(value):
+                return value
+    return uuid.uuid4().hex
+
+
+class IngressMiddleware:
+    """Pure ASGI middleware: request id in and out, and end-to-end latency to the LAST byte.
+
+    (Starlette's BaseHTTPMiddleware would time streaming responses only to their first byte.)
+    The route label is the matched route's path template, so it stays bounded.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = request_id_of(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        start = time.perf_counter()
+        code = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            metrics.observe("rag_ingress_latency_seconds", time.perf_counter() - start, route=label, code=str(code))
+            metrics.inc("rag_ingress_requests_total", route=label, code=str(code))
+
+
+async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI/Starlette-level errors (e.g. 404 route, 405 method) in the one error shape."""
+    status = getattr(exc, "status_code", 500)
+    return JSONResponse(error_body(str(getattr(exc, "detail", exc)), "invalid_request_error", status), status)

