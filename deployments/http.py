@@ -126,10 +126,13 @@ def request_id_of(scope: Scope) -> str:
 
 
 class IngressMiddleware:
-    """Pure ASGI middleware: request id in and out, and end-to-end latency to the LAST byte.
+    """Pure ASGI middleware: the request id, and end-to-end latency to the LAST byte.
 
-    (Starlette's BaseHTTPMiddleware would time streaming responses only to their first byte.)
-    The route label is the matched route's path template, so it stays bounded.
+    Serve's proxy already puts ``X-Request-Id`` on the request (the caller's, or a new one),
+    echoes it on the response and tags every replica's log lines with it; this keeps the same
+    id for response bodies and the engine. (Starlette's BaseHTTPMiddleware would time streaming
+    responses only to their first byte.) The route label is the matched route's path template,
+    so it stays bounded.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -148,7 +151,6 @@ class IngressMiddleware:
             nonlocal code
             if message["type"] == "http.response.start":
                 code = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:

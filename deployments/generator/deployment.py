@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -105,9 +106,11 @@ class Generator:
         start = time.perf_counter()
         first: float | None = None
         n_out = 0
+        # Client-supplied request ids may repeat; the engine needs unique ones.
+        engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
         try:
             async with asyncio.timeout(self.cfg.request_timeout_s):
-                async for out in self.engine.generate(prompt, params, request_id):
+                async for out in self.engine.generate(prompt, params, engine_id):
                     if first is None:
                         first = time.perf_counter()
                         metrics.observe("rag_generator_ttft_seconds", first - start)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 _PARAGRAPH = re.compile(r"\n\s*\n")
 # End of a sentence: Latin punctuation followed by space, or CJK full stops (no space needed).
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])")
-_PIECE = re.compile(r"\S+\s*|[\u3400-\u9fff]")
+# Cut points inside an over-long sentence: each Han character, or a non-Han word with its space.
+_PIECE = re.compile(r"[\u3400-\u9fff]|[^\s\u3400-\u9fff]+\s*")
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,8 @@ def test_chat_without_retrieval_has_no_sources(stack) -> None:
 
 
 def test_request_id_is_echoed_or_made(stack) -> None:
-    r = stack.client.get("/healthz", headers={"x-request-id": "abc-123"})
-    assert r.headers["x-request-id"] == "abc-123"
-    r = stack.client.get("/healthz", headers={"x-request-id": "bad id with spaces"})
-    assert r.headers["x-request-id"] != "bad id with spaces" and len(r.headers["x-request-id"]) == 32
+    r = stack.client.post("/v1/generate", json={"prompt": "Hi", "max_tokens": 2}, headers={"x-request-id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123" and r.json()["id"] == "abc-123"
+    r = stack.client.post("/v1/generate", json={"prompt": "Hi", "max_tokens": 2})
+    made = r.headers["x-request-id"]
+    assert "," not in made and len(made) >= 16 and r.json()["id"] == made
