@@ -21,11 +21,12 @@ from deployments.search.deployment import Searcher
 
 def build_app(cfg: AppConfig) -> Application:
     """Compose preprocess → encoder → search → generator behind the HTTP ingress."""
-    preprocess = Preprocessor.options(**cfg.preprocess.deployment.serve_options()).bind(cfg.preprocess)
-    encoder = Encoder.options(**cfg.encoder.deployment.serve_options()).bind(cfg.encoder)
-    search = Searcher.options(**cfg.search.deployment.serve_options()).bind(cfg.search)
-    generator = Generator.options(**cfg.generator.deployment.serve_options()).bind(cfg.generator)
-    return Ingress.options(**cfg.ingress.deployment.serve_options()).bind(
+    log = {"logging_config": cfg.logging.model_dump()}
+    preprocess = Preprocessor.options(**cfg.preprocess.deployment.serve_options(), **log).bind(cfg.preprocess)
+    encoder = Encoder.options(**cfg.encoder.deployment.serve_options(), **log).bind(cfg.encoder)
+    search = Searcher.options(**cfg.search.deployment.serve_options(), **log).bind(cfg.search)
+    generator = Generator.options(**cfg.generator.deployment.serve_options(), **log).bind(cfg.generator)
+    return Ingress.options(**cfg.ingress.deployment.serve_options(), **log).bind(
         preprocess, encoder, search, generator, cfg
     )
 

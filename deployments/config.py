@@ -235,6 +235,19 @@ class IngressConfig(_Strict):
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=128)
 
 
+class LoggingOptions(_Strict):
+    """Replica logging, applied to every deployment (Serve's ``logging_config``).
+
+    Serve tags each replica log line with the deployment, replica and request id (the
+    ``X-Request-Id`` the proxy accepted or made), so one request can be followed through
+    every stage; JSON encoding makes those fields machine-readable.
+    """
+
+    encoding: Literal["TEXT", "JSON"] = Field("TEXT", description="Log line format of the replicas.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Replica log level.")
+    enable_access_log: bool = Field(True, description="One log line per request per stage.")
+
+
 class AppConfig(_Strict):
     """The whole ragserve application: the ``args`` of its Serve application."""
 
@@ -244,6 +257,7 @@ class AppConfig(_Strict):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Generator stage.")
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Document ingestion.")
+    logging: LoggingOptions = Field(default_factory=LoggingOptions, description="Replica logging.")
 
 
 # --------------------------------------------------------------------------- loading
