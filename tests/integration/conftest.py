@@ -57,13 +57,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     cfg = parse_app_config(args)
     _ingest(cfg)
     local = LocalStack(cfg, port=free_port())
+    st = Stack(local.url, cfg, milvus, local.timings, httpx.Client(base_url=local.url, timeout=180))
     try:
         local.start()
-        with httpx.Client(base_url=local.url, timeout=180) as client:
-            yield Stack(local.url, cfg, milvus, local.timings, client)
+        st.timings.update(local.timings)
+        yield st
     finally:
+        st.client.close()
         local.stop()
-        milvus.stop()
+        st.milvus.stop()  # the outage test replaces the server object: stop the current one
 
 
 def _ingest(cfg: AppConfig) -> None:
