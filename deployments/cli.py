@@ -21,16 +21,11 @@ from typing import Any
 import httpx
 import yaml
 
-from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, env, load_config, load_serve_yaml
+from deployments.bench import command as bench_command
+from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, env, load_config_or_defaults, load_serve_yaml
 from deployments.errors import RagServeError
 
 log = logging.getLogger("ragserve")
-
-
-def _config(path: str | None) -> AppConfig:
-    if path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH.exists():
-        return load_config(path)
-    return AppConfig()
 
 
 def _http_options(path: str | None) -> dict[str, Any]:
@@ -51,7 +46,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from deployments.search.store import ChunkStore, connect
     from deployments.stack import ensure_milvus
 
-    cfg = _config(args.config)
+    cfg = load_config_or_defaults(args.config)
     lite = ensure_milvus(cfg)
     try:
         start = time.perf_counter()
@@ -120,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.stack import LocalStack
 
     http = _http_options(args.config)
-    stack = LocalStack(_config(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000),
+    stack = LocalStack(load_config_or_defaults(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000),
                        ray_address=args.address)
     stop = threading.Event()
     # SIGTERM (service managers, `kill`) stops as cleanly as Ctrl-C: Ray and Milvus Lite included.
@@ -142,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.paths = [str(sample_corpus())]
     cmd_ingest(args)
     http = _http_options(args.config)
-    with LocalStack(_config(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000)) as st:
+    with LocalStack(load_config_or_defaults(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000)) as st:
         print(f"\napp started in {st.timings['cold_start_s']:.1f}s on {st.url}\n")
         args.url, args.top_k, args.timeout = st.url, None, 120
         for q in args.questions or DEMO_QUESTIONS:
@@ -164,7 +159,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.schema:
         print(json.dumps(AppConfig.model_json_schema(), indent=2))
         return 0
-    cfg = _config(args.config)
+    cfg = load_config_or_defaults(args.config)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return 0
 
@@ -191,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="ingest the sample corpus, start, ask sample questions, stop")
     s.add_argument("questions", nargs="*")
     s.set_defaults(fn=cmd_demo)
+    bench_command.add_parser(sub)
     s = sub.add_parser("config", help="validate and print the config, or its schema")
     s.add_argument("--schema", action="store_true")
     s.set_defaults(fn=cmd_config)
@@ -200,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=env("RAGSERVE_LOG_LEVEL") or "INFO", format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the output
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.fn(args)

@@ -294,3 +294,10 @@ def load_config(path: str | Path | None = None) -> AppConfig:
     path = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
     app = load_serve_yaml(path)["applications"][0]
     return parse_app_config(app.get("args"), where=f"{path}: applications[0].args")
+
+
+def load_config_or_defaults(path: str | Path | None = None) -> AppConfig:
+    """:func:`load_config` when a config file is named or exists, else the schema's defaults."""
+    if path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH.exists():
+        return load_config(path)
+    return AppConfig()

@@ -1,0 +1,1 @@
+"""``ragserve bench``: load tests of retrieval, generation, both, and embeddings, with baselines."""

@@ -1,0 +1,78 @@
+"""``ragserve bench``: drive a running ragserve, optionally with same-run baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deployments.bench import baselines, load, runner
+from deployments.bench.stats import StepResult
+from deployments.config import AppConfig, load_config_or_defaults
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``bench`` subcommand."""
+    s = sub.add_parser("bench", help="load-test retrieval, generation, both, or embeddings")
+    s.add_argument("--url", default="http://127.0.0.1:8000", help="ragserve base URL (loopback)")
+    s.add_argument("--targets", default="retrieve,generate,query,embed",
+                   help=f"comma-separated, of {','.join(load.TARGETS)}")
+    s.add_argument("--mode", choices=("closed", "open"), default="closed")
+    s.add_argument("--concurrency", default="1,2,4,8,16,32", help="closed loop: concurrency sweep")
+    s.add_argument("--rates", default="1,2,4,8", help="open loop: Poisson arrival rates (requests/s)")
+    s.add_argument("--duration", type=float, default=10.0, help="seconds per step (upper bound)")
+    s.add_argument("--max-requests", type=int, default=1000, help="requests per step (upper bound)")
+    s.add_argument("--max-tokens", type=int, default=32, help="tokens per generation")
+    s.add_argument("--settle", type=float, default=11.0,
+                   help="seconds to wait before reading metrics back (Ray exports them every ~10 s); 0 skips")
+    s.add_argument("--metrics-url", action="append", help="Ray metrics endpoint(s); default: from the Ray session")
+    s.add_argument("--baselines", action="store_true", help="also measure the in-process, bare-vLLM and "
+                   "unbatched-encoder baselines (needs the app's Ray cluster and Milvus on this machine)")
+    s.add_argument("--out", default="reports/bench", help="directory for results.csv/json and the PNG plot")
+    s.set_defaults(fn=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the steps, print the table, write the reports; exit 1 if any request failed."""
+    cfg = load_config_or_defaults(args.config)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    loads = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rates).split(",")]
+    metrics = args.metrics_url or ([] if args.settle <= 0 else runner.metrics_urls())
+    print(runner.HEADER)
+    results = runner.run_steps(args.url, targets, args.mode, loads, args.duration, args.max_requests,
+                               args.max_tokens, metrics, args.settle)
+    extra = {"baselines": run_baselines(args, cfg, results)} if args.baselines else {}
+    paths = runner.write_report(results, Path(args.out), extra)
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 1 if any(r.errors for r in results) else 0
+
+
+def _step(args, target: str, concurrency: int, results: list[StepResult]) -> StepResult:
+    for r in results:
+        if r.target == target and r.mode == "closed" and r.load == concurrency:
+            return r
+    r = runner.run_steps(args.url, [target], "closed", [concurrency], args.duration, args.max_requests,
+                         args.max_tokens)[0]
+    results.append(r)
+    return r
+
+
+def run_baselines(args: argparse.Namespace, cfg: AppConfig, results: list[StepResult]) -> dict:
+    """(a) Serve vs in-process retrieval at c=1, (b) Serve vs bare vLLM at c=16,
+    (c) batched vs unbatched encoder at c=32. Printed and returned for the JSON report."""
+    questions = runner.sample_questions()
+    out: dict = {}
+    served = _step(args, "retrieve", 1, results)
+    inproc = baselines.inprocess_retrieval(cfg, questions, n=50)
+    out["a_retrieve_c1"] = {"serve_p50_ms": served.p50_ms, "inprocess_p50_ms": inproc["p50_ms"],
+                            "serve_adds_ms": served.p50_ms - inproc["p50_ms"]}
+    served = _step(args, "generate", 16, results)
+    bare = baselines.bare_vllm(cfg, questions, concurrency=16, n=max(32, int(served.requests)),
+                               max_tokens=args.max_tokens)
+    out["b_generate_c16"] = {"serve_tokens_per_s": served.tokens_per_s, "bare_tokens_per_s": bare["tokens_per_s"],
+                             "throughput_ratio": served.tokens_per_s / bare["tokens_per_s"],
+                             "serve_ttft_p50_ms": served.ttft_p50_ms, "bare_ttft_p50_ms": bare["ttft_p50_ms"],
+                             "ttft_overhead_ms": served.ttft_p50_ms - bare["ttft_p50_ms"]}
+    out["c_encoder_c32"] = baselines.encoder_batching(cfg, questions, concurrency=32, n=640)
+    print("\nbaselines:\n" + json.dumps(out, indent=2))
+    return out

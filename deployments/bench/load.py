@@ -1,0 +1,112 @@
+"""Load drivers: closed loop (fixed concurrency) and open loop (Poisson arrivals), on asyncio + httpx.
+
+Why not locust: the targets stream server-sent events and we need the time to the first token
+of each, an open-loop Poisson mode (locust's users are closed loops), and in-process baselines
+in the same run and event loop; asyncio + httpx gives all three with one code path. Every run
+is bounded in time and in request count, and only talks to the URL it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+
+from deployments.bench.stats import Sample
+
+TARGETS = ("retrieve", "embed", "generate", "query")
+Request = Callable[[httpx.AsyncClient, int], Awaitable[Sample]]
+
+
+def _payload(target: str, i: int, questions: Sequence[str], max_tokens: int) -> tuple[str, dict[str, Any]]:
+    q = questions[i % len(questions)]
+    if target == "retrieve":
+        return "/v1/retrieve", {"question": q}
+    if target == "embed":
+        return "/v1/embeddings", {"input": q}
+    if target == "generate":  # fixed prompts, no retrieval: the generator alone
+        return "/v1/generate", {"prompt": q, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+    return "/v1/query", {"question": q, "max_tokens": max_tokens, "stream": True}
+
+
+def make_request(target: str, questions: Sequence[str], max_tokens: int = 32) -> Request:
+    """A coroutine factory issuing request ``i`` of ``target`` and timing it."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
+
+    async def call(client: httpx.AsyncClient, i: int) -> Sample:
+        route, body = _payload(target, i, questions, max_tokens)
+        start = time.perf_counter()
+        try:
+            if not body.get("stream"):
+                r = await client.post(route, json=body)
+                ok = r.status_code == 200
+                return Sample(start, time.perf_counter() - start, ok, error="" if ok else str(r.status_code))
+            return await _streamed(client, route, body, start)
+        except httpx.HTTPError as e:
+            return Sample(start, time.perf_counter() - start, False, error=type(e).__name__)
+
+    return call
+
+
+async def _streamed(client: httpx.AsyncClient, route: str, body: dict, start: float) -> Sample:
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", route, json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return Sample(start, time.perf_counter() - start, False, error=str(r.status_code))
+        event = ""
+        async for line in r.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                if event == "" and ttft is None:
+                    ttft = time.perf_counter() - start
+                elif event == "done":
+                    tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+                elif event == "error":
+                    return Sample(start, time.perf_counter() - start, False, error="stream_error")
+                event = ""
+    return Sample(start, time.perf_counter() - start, True, ttft=ttft, output_tokens=tokens)
+
+
+async def closed_loop(call: Request, client: httpx.AsyncClient, concurrency: int, duration_s: float,
+                      max_requests: int) -> tuple[list[Sample], float]:
+    """``concurrency`` workers, each sending its next request when the last one finished."""
+    samples: list[Sample] = []
+    counter = iter(range(max_requests))
+    deadline = time.perf_counter() + duration_s
+
+    async def worker() -> None:
+        for i in counter:
+            if time.perf_counter() >= deadline:
+                return
+            samples.append(await call(client, i))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return samples, time.perf_counter() - start
+
+
+async def open_loop(call: Request, client: httpx.AsyncClient, rate: float, duration_s: float,
+                    max_requests: int, seed: int = 0) -> tuple[list[Sample], float]:
+    """Poisson arrivals at ``rate`` requests/s for ``duration_s``, whatever the responses do
+    (so queueing shows as latency, unlike a closed loop that slows down with the server)."""
+    rng = random.Random(seed)
+    tasks: list[asyncio.Task[Sample]] = []
+    start = time.perf_counter()
+    next_at = start
+    for i in range(max_requests):
+        next_at += rng.expovariate(rate)
+        if next_at - start >= duration_s:
+            break
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        tasks.append(asyncio.create_task(call(client, i)))
+    samples = list(await asyncio.gather(*tasks))
+    return samples, time.perf_counter() - start
