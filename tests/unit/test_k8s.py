@@ -1,0 +1,473 @@
+"""Unit tests of the Kubernetes deployment under ``k8s/`` (no cluster, no Ray runtime).
+
+Covers: ``k8s/render.py`` is deterministic, the committed rendered files are current and
+``--check`` catches a stale copy; each ``serveConfigV2`` parses back to the merged Serve config
+(args valid for ``parse_app_config``, structure valid for Ray's ``ServeDeploySchema``); the overlay
+merge and its error messages; the worker-group arithmetic of ``k8s/capacity.py`` (GPU capacity
+check, any-fit CPU bound checked against simulated packings); and every manifest — each file under
+``k8s/base`` and each object of each ``kubectl kustomize`` build — against its schema, strictly:
+core kinds with ``kubernetes-validate``, custom resources (RayService, PodMonitor, ...) with
+``jsonschema`` against their CRD's openAPIV3Schema made to reject unknown fields, plus references
+(Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build.
+
+CRD schemas come from ``<repo>/../shared/k8s-schemas`` and kustomize builds from ``kubectl``;
+tests needing either skip with a message when it is absent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deployments.config import DeploymentOptions, load_config, parse_app_config
+from deployments.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # k8s/ is a directory of scripts, imported as a namespace package
+    sys.path.insert(0, str(REPO))
+
+from k8s import capacity, render  # noqa: E402
+
+SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
+K8S_VERSION = "1.30.0"
+OVERLAYS = ("base", "overlays/gpu-prod", "overlays/cpu-dev")
+ENVS = {env.name: env for env in render.ENVIRONMENTS}
+# YAML under k8s/ that is not a manifest; each is checked another way (see test_every_yaml_is_covered).
+PATCHES = {"k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/shrink.yaml"}
+
+
+def _docs(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def _rendered_rayservice(env_name: str) -> dict[str, Any]:
+    """The RayService of an environment: the base object, with the overlay's patch applied if any."""
+    base = _docs(REPO / "k8s/base/rayservice.yaml")[0]
+    env = ENVS[env_name]
+    if env.as_patch:
+        ops = {op["path"]: op["value"] for op in _docs(REPO / env.out_dir / "rayservice-patch.yaml")[0]}
+        base = {**base, "spec": ops["/spec"]}
+    return base
+
+
+# --------------------------------------------------------------------------- renderer
+def test_render_is_deterministic() -> None:
+    first, second = render.render_all(), render.render_all()
+    assert first == second
+    assert set(first) == {
+        "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml",
+        "k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/serve_config.yaml",
+    }
+
+
+def test_committed_files_are_current(capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.stale_files(render.render_all(), REPO) == []
+    assert render.main(["--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_check_fails_on_a_stale_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.main(["--root", str(tmp_path)]) == 0
+    assert render.main(["--check", "--root", str(tmp_path)]) == 0
+    target = tmp_path / "k8s/base/rayservice.yaml"
+    target.write_text(target.read_text().replace("maxReplicas: 4", "maxReplicas: 3"))
+    assert render.main(["--check", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "stale: k8s/base/rayservice.yaml" in err and "-      maxReplicas: 3" in err
+    target.unlink()
+    assert render.main(["--check", "--root", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("env_name", sorted(ENVS))
+def test_serve_config_v2_is_the_merged_config(env_name: str) -> None:
+    env = ENVS[env_name]
+    serve, cfg, _ = render.merged_serve_config(REPO / env.overlay)
+    embedded = yaml.safe_load(_rendered_rayservice(env_name)["spec"]["serveConfigV2"])
+    assert embedded == serve
+    assert parse_app_config(embedded["applications"][0]["args"]) == cfg
+    assert embedded["applications"][0]["import_path"] == "deployments.app:app_builder"
+    # The same config as a file for the CLI in the pods: a valid serve config YAML of its own.
+    assert _docs(REPO / env.out_dir / "serve_config.yaml")[0] == serve
+    assert load_config(REPO / env.out_dir / "serve_config.yaml") == cfg
+
+
+def _unknown_keys(model: type, data: Any, path: str = "") -> list[str]:
+    """Keys Ray's (lenient) Serve schema would silently ignore, recursively over its sub-models."""
+    from pydantic import BaseModel
+
+    if not isinstance(data, dict):
+        return []
+    found = []
+    for key, value in data.items():
+        if key not in model.model_fields:
+            found.append(f"{path}{key}")
+            continue
+        ann = model.model_fields[key].annotation
+        for sub in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                items = value if isinstance(value, list) else [value]
+                for item in items:
+                    found += _unknown_keys(sub, item, f"{path}{key}.")
+    return found
+
+
+@pytest.mark.parametrize("env_name", sorted(ENVS))
+def test_serve_config_v2_is_a_valid_ray_serve_config(env_name: str) -> None:
+    schema = pytest.importorskip("ray.serve.schema", reason="ray[serve] not installed")
+    embedded = yaml.safe_load(_rendered_rayservice(env_name)["spec"]["serveConfigV2"])
+    schema.ServeDeploySchema.model_validate(embedded)
+    assert _unknown_keys(schema.ServeDeploySchema, embedded) == []
+
+
+def test_prod_overlay_scales_every_stage_on_its_own() -> None:
+    serve, cfg, overlay = render.merged_serve_config(REPO / ENVS["prod"].overlay)
+    for stage in capacity.STAGES:
+        assert getattr(cfg, stage).deployment.autoscaling is not None, stage
+    assert cfg.generator.deployment.resources.num_gpus == 1 and not cfg.generator.enforce_eager
+    assert 0 < cfg.encoder.deployment.resources.num_cpus % 1 and cfg.encoder.device == "cpu"
+    assert cfg.encoder.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert "/" in cfg.generator.model and not cfg.generator.model.startswith("bundled:")
+    assert cfg.search.milvus.uri == "http://milvus.ragserve.svc.cluster.local:19530"
+    assert "HF_HUB_OFFLINE" not in serve["applications"][0]["runtime_env"]["env_vars"]
+    assert overlay.kubernetes.gpu_workers is not None
+
+
+def test_cpu_dev_overlay_has_no_gpu() -> None:
+    _, cfg, overlay = render.merged_serve_config(REPO / ENVS["cpu-dev"].overlay)
+    assert overlay.kubernetes.gpu_workers is None and overlay.kubernetes.image.endswith("-cpu")
+    assert cfg.generator.deployment.resources.num_gpus == 0 and cfg.generator.enforce_eager
+    groups = _rendered_rayservice("cpu-dev")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert [g["groupName"] for g in groups] == ["cpu-workers"]
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    target = {"a": {"b": 1, "c": [1, 2]}, "d": 4}
+    patched = render.merge_patch(target, {"a": {"b": None, "c": [3], "e": {"f": 5}}, "d": None})
+    assert patched == {"a": {"c": [3], "e": {"f": 5}}}
+    assert target == {"a": {"b": 1, "c": [1, 2]}, "d": 4}  # inputs untouched
+
+
+def _overlay(tmp_path: Path, **changes: Any) -> Path:
+    data = render.merge_patch(yaml.safe_load((REPO / ENVS["prod"].overlay).read_text()), changes)
+    path = tmp_path / "serve_config.test.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"args_overrides": {"encoder": {"max_batch_size": 0}}}, "encoder.max_batch_size"),
+        ({"args_overrides": {"encodr": {}}}, "encodr"),
+        ({"kubernetes": {"gpu_workers": {"gpu": 2}}}, "kubernetes.gpu_workers.gpu"),
+        ({"serve_overrides": {"http_options": {"host": "127.0.0.1"}}}, "http_options.host must be 0.0.0.0"),
+        ({"serve_overrides": {"proxy_location": "HeadOnly"}}, "proxy_location must be EveryNode"),
+        ({"serve_overrides": {"applications": []}}, "application_overrides"),
+    ],
+)
+def test_bad_overlays_are_rejected_by_name(tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        render.merged_serve_config(_overlay(tmp_path, **changes))
+
+
+# --------------------------------------------------------------------------- capacity
+def _gen(num_gpus: float, max_replicas: int, num_cpus: float = 4) -> DeploymentOptions:
+    return DeploymentOptions(resources={"num_gpus": num_gpus, "num_cpus": num_cpus},
+                             autoscaling={"min_replicas": 1, "max_replicas": max_replicas})
+
+
+@pytest.mark.parametrize(
+    ("num_gpus", "max_replicas", "gpus_per_pod", "max_pods"),
+    [(1, 4, 1, 4), (1, 4, 2, 2), (0.5, 4, 1, 2), (0.5, 5, 1, 3), (0.75, 2, 1, 2), (2, 3, 4, 2)],
+)
+def test_gpu_capacity_accepts_enough_pods(num_gpus: float, max_replicas: int, gpus_per_pod: int,
+                                          max_pods: int) -> None:
+    gen = _gen(num_gpus, max_replicas)
+    capacity.check_gpu_capacity(gen, gpus_per_pod, max_pods)
+    assert capacity.gpu_pods_needed(gen, gpus_per_pod).max_pods == max_pods
+
+
+@pytest.mark.parametrize(
+    ("num_gpus", "max_replicas", "gpus_per_pod", "max_pods", "message"),
+    [
+        (1, 4, 1, 3, "max_replicas is 4"),
+        (0.5, 5, 1, 2, "hold 4 generator replicas"),
+        (0.75, 3, 1, 2, "hold 2 generator replicas"),  # 2.25 GPUs would fit, but replicas cannot straddle
+        (2, 1, 1, 8, "needs 2.0 GPUs but a GPU pod has 1"),
+        (0, 1, 1, 1, "needs no GPU"),
+    ],
+)
+def test_gpu_capacity_rejects_too_few_pods(num_gpus: float, max_replicas: int, gpus_per_pod: int,
+                                           max_pods: int, message: str) -> None:
+    with pytest.raises(capacity.CapacityError, match=message):
+        capacity.check_gpu_capacity(_gen(num_gpus, max_replicas), gpus_per_pod, max_pods)
+
+
+def test_cpu_bounds() -> None:
+    tenth = Fraction(1, 10)
+    size = capacity.GroupSize
+    assert capacity.cpu_pods_needed([tenth] * 79, 8) == size(1, 1)  # 7.9 exactly: no float drift
+    assert capacity.cpu_pods_needed([Fraction(3, 2)] * 8 + [Fraction(1, 4)] * 6, 8) == size(2, 3)
+    assert capacity.cpu_pods_needed([Fraction(4)] * 3, 4) == size(3, 3)
+    assert capacity.cpu_pods_needed([], 8) == size(0, 0)
+    with pytest.raises(capacity.CapacityError, match="needs 9.0 CPUs"):
+        capacity.cpu_pods_needed([Fraction(9)], 8)
+
+
+def test_cpu_upper_bound_holds_for_any_arrival_order() -> None:
+    # Ray spreads replicas (worst fit); the autoscaler packs pending ones: all of them are any-fit.
+    strategies = {
+        "first": lambda fits, room: fits[0],
+        "best": lambda fits, room: min(fits, key=room.__getitem__),
+        "worst": lambda fits, room: max(fits, key=room.__getitem__),
+    }
+    rng = random.Random(7)
+    for _ in range(300):
+        cpus = rng.choice([2, 4, 8, 16])
+        sizes = [Fraction(rng.choice([1, 2, 3, 5, 10, 15, 20, 40]), 10) for _ in range(rng.randint(1, 40))]
+        sizes = [s for s in sizes if s <= cpus]
+        bound = capacity.cpu_pods_needed(sizes, cpus).max_pods
+        rng.shuffle(sizes)
+        for name, choose in strategies.items():
+            room: list[Fraction] = []
+            for s in sizes:
+                fits = [i for i, free in enumerate(room) if s <= free]
+                if fits:
+                    room[choose(fits, room)] -= s
+                else:
+                    room.append(cpus - s)
+            assert len(room) <= bound, (name, cpus, sizes)
+
+
+def test_placement_errors_name_the_stage() -> None:
+    _, cfg, _ = render.merged_serve_config(REPO / ENVS["prod"].overlay)
+    with pytest.raises(capacity.CapacityError, match="no gpu_workers"):
+        capacity.plan_groups(cfg, 8, None)
+    encoder = cfg.encoder.model_copy(update={"deployment": _gen(1, 2)})
+    gpu_encoder = cfg.model_copy(update={"encoder": encoder})
+    with pytest.raises(capacity.CapacityError, match="encoder: only the generator"):
+        capacity.plan_groups(gpu_encoder, 8, (1, 8))
+    with pytest.raises(capacity.CapacityError, match="whole number"):
+        capacity.plan_groups(cfg, 8, (1, 2))  # 4 generator CPUs on a 2-CPU GPU pod
+
+
+@pytest.mark.parametrize("env_name", sorted(ENVS))
+def test_rendered_groups_hold_every_replica(env_name: str) -> None:
+    _, cfg, _ = render.merged_serve_config(REPO / ENVS[env_name].overlay)
+    cluster = _rendered_rayservice(env_name)["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert not any("gpu" in k for k in head["template"]["spec"]["containers"][0]["resources"]["limits"])
+    assert cluster["enableInTreeAutoscaling"] and cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    cpu_demand = sum(Fraction(str(getattr(cfg, s).deployment.resources.num_cpus)) *
+                     capacity.replica_bounds(getattr(cfg, s).deployment)[1]
+                     for s in capacity.STAGES if getattr(cfg, s).deployment.resources.num_gpus == 0)
+    cpu = groups["cpu-workers"]
+    assert cpu["maxReplicas"] * int(cpu["rayStartParams"]["num-cpus"]) >= cpu_demand
+    if "gpu-workers" in groups:
+        gpu = groups["gpu-workers"]
+        gpus = int(gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        gen = cfg.generator.deployment
+        capacity.check_gpu_capacity(gen, gpus, gpu["maxReplicas"])
+        assert gpu["maxReplicas"] * gpus >= gen.autoscaling.max_replicas * gen.resources.num_gpus
+        assert gpu["rayStartParams"]["num-cpus"] == str(int(gen.resources.num_cpus))
+        assert gpu["template"]["spec"]["tolerations"] and gpu["template"]["spec"]["nodeSelector"]
+    for group in groups.values():
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        probe = group["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+        assert probe == {"path": "/-/healthz", "port": "serve"}
+
+
+# --------------------------------------------------------------------------- manifests
+def _strict_crd_schema(schema: Any) -> Any:
+    """A CRD schema that rejects unknown fields, as the API server's pruning would drop them."""
+    if isinstance(schema, list):
+        return [_strict_crd_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict_crd_schema(v) for k, v in schema.items()}
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def _crd_validators() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) -> jsonschema validator, for every CRD version in the schema dir."""
+    from jsonschema import Draft7Validator
+
+    if not SCHEMAS.is_dir():
+        pytest.skip(f"CRD schemas not found at {SCHEMAS} (the shared/ checkout next to the repo)")
+    validators = {}
+    for path in sorted(SCHEMAS.glob("*.yaml")):
+        crd = _docs(path)[0]
+        for version in crd["spec"]["versions"]:
+            schema = _strict_crd_schema(version["schema"]["openAPIV3Schema"])
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            validators[key] = Draft7Validator(schema)
+    return validators
+
+
+@functools.cache
+def _object_meta_validator() -> Any:
+    """Strict ObjectMeta from kubernetes-validate's definitions: CRD schemas leave metadata open."""
+    import importlib.resources
+
+    from jsonschema import Draft202012Validator
+
+    pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
+    schemas = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema"
+    defs_file = schemas / f"v{K8S_VERSION}-local-strict" / "_definitions.json"
+    defs = json.loads(defs_file.read_text(encoding="utf-8"))
+    meta = "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    return Draft202012Validator({"$defs": defs["$defs"], "$ref": meta})
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    """Raise unless ``doc`` is valid for its kind, unknown fields included."""
+    group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
+    if "." in group and not group.endswith(".k8s.io"):  # a custom resource
+        key = (doc["apiVersion"], doc["kind"])
+        assert key in _crd_validators(), f"no CRD schema for {key} in {SCHEMAS}"
+        _crd_validators()[key].validate(doc)
+        _object_meta_validator().validate(doc["metadata"])
+    else:
+        kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
+        kv.validate(doc, K8S_VERSION, strict=True)
+
+
+def _base_manifests() -> list[tuple[str, dict[str, Any]]]:
+    """(file, object) for every object in every file under k8s/base, kustomizations aside."""
+    return [(str(path.relative_to(REPO)), doc)
+            for path in sorted((REPO / "k8s/base").rglob("*.yaml")) for doc in _docs(path)
+            if isinstance(doc, dict) and "kind" in doc and doc["kind"] != "Kustomization"]
+
+
+@pytest.mark.parametrize("doc", [pytest.param(d, id=f"{p}:{d['kind']}/{d['metadata']['name']}")
+                                 for p, d in _base_manifests()])
+def test_every_base_manifest_validates(doc: dict[str, Any]) -> None:
+    _validate(doc)
+
+
+def test_every_yaml_is_covered() -> None:
+    # A YAML under k8s/ is a kustomization, a validated manifest, a rendered serve config or a patch
+    # whose result is validated in the kustomize builds; and every base manifest is deployed.
+    listed = set(_docs(REPO / "k8s/base/kustomization.yaml")[0]["resources"])
+    manifests = {p for p, _ in _base_manifests()}
+    assert {f"k8s/base/{r}" for r in listed} == manifests
+    for path in sorted((REPO / "k8s").rglob("*.y*ml")):
+        rel = str(path.relative_to(REPO))
+        known = path.name in {"kustomization.yaml", "serve_config.yaml"} or rel in PATCHES
+        assert known or rel in manifests, f"{rel} is neither a validated manifest nor a known kind of file"
+
+
+@functools.cache
+def _build(overlay: str) -> list[dict[str, Any]]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed: kustomize builds not checked (apt-get install kubectl)")
+    out = subprocess.run(["kubectl", "kustomize", str(REPO / "k8s" / overlay)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kustomize_build_validates(overlay: str) -> None:
+    docs = _build(overlay)
+    assert len(docs) >= 10
+    for doc in docs:
+        assert doc["metadata"].get("namespace", "ragserve") == "ragserve" or doc["kind"] == "Namespace"
+        try:
+            _validate(doc)
+        except Exception as err:
+            raise AssertionError(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {err}") from err
+
+
+def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc["kind"] == "RayService":
+        cluster = doc["spec"]["rayClusterConfig"]
+        return [g["template"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+    return [doc["spec"]["template"]] if doc["kind"] in {"StatefulSet", "Deployment"} else []
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_references_resolve_within_the_build(overlay: str) -> None:
+    docs = _build(overlay)
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    secrets = {d["metadata"]["name"]: {**d.get("data", {}), **d.get("stringData", {})}
+               for d in docs if d["kind"] == "Secret"}
+    templates = [t for d in docs for t in _pod_specs(d)]
+    for template in templates:
+        for volume in template["spec"].get("volumes", []):
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in names
+            if "persistentVolumeClaim" in volume:
+                assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
+        for container in template["spec"]["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets.get(ref["name"], {}), (overlay, ref)
+    # Each PodMonitor's port is a named port of every pod template it selects.
+    for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"].items()
+        selected = [t for t in templates if wanted <= t["metadata"]["labels"].items()]
+        assert selected, monitor["metadata"]["name"]
+        for template in selected:
+            ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+            assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+
+
+def test_overlays_differ_where_they_should() -> None:
+    prod, dev = _build("overlays/gpu-prod"), _build("overlays/cpu-dev")
+    pdbs = {o: sorted(d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget")
+            for o, docs in (("prod", prod), ("dev", dev))}
+    assert pdbs == {"prod": ["ragserve-cpu-workers", "ragserve-gpu-workers"], "dev": ["ragserve-cpu-workers"]}
+    rayservices = [next(d for d in docs if d["kind"] == "RayService") for docs in (prod, dev)]
+    assert [r["metadata"]["annotations"]["ragserve/rendered-from"] for r in rayservices] == [
+        ENVS["prod"].overlay, ENVS["cpu-dev"].overlay]
+    assert rayservices[1]["spec"] == _rendered_rayservice("cpu-dev")["spec"]
+
+
+def _head_container(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["spec"]["rayClusterConfig"].update(workerGroupSpec=[]),
+        lambda d: _head_container(d).update(imagePullPolicyy="Always"),
+        lambda d: d["metadata"].update(lables={}),
+        lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(maxReplicas="many"),
+    ],
+    ids=["unknown-spec-field", "unknown-container-field", "unknown-metadata-field", "wrong-type"],
+)
+def test_validation_rejects_a_broken_rayservice(mutate: Any) -> None:
+    doc = _docs(REPO / "k8s/base/rayservice.yaml")[0]
+    _validate(doc)
+    mutate(doc)
+    with pytest.raises(Exception, match="unexpected|not of type"):
+        _validate(doc)
+
+
+def test_validation_rejects_broken_core_and_monitoring_kinds() -> None:
+    statefulset = _docs(REPO / "k8s/base/milvus/statefulset.yaml")[0]
+    statefulset["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    monitor = _docs(REPO / "k8s/base/monitoring/podmonitor.yaml")[0]
+    monitor["spec"]["podMetricsEndpoints"][0]["portt"] = "metrics"
+    for doc in (statefulset, monitor):
+        with pytest.raises(Exception, match="unexpected"):
+            _validate(doc)
