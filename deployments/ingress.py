@@ -74,8 +74,21 @@ class Ingress:
             raise http.as_ragserve_error(exc) from None
 
     async def _retrieve(self, question: str, top_k: int | None, mode: str | None) -> tuple[Any, Any]:
-        prepared = await self._call(self.preprocess.preprocess.remote(question), "preprocess")
-        vector = await self._call(self.encoder.encode.remote(prepared.text), "encoder")
+        # Preprocess and encoder run concurrently: the encoder's input is the normalised question,
+        # which is cheap and deterministic, so the critical path saves a whole stage hop. Only
+        # questions within the length limit are sent ahead; preprocess still validates them all.
+        pcfg = self.cfg.preprocess
+        pre = self.preprocess.preprocess.remote(question)
+        enc = None
+        if len(question) <= pcfg.max_query_chars:
+            enc = self.encoder.encode.remote(analysis.normalize(question, pcfg.unicode_form))
+        try:
+            prepared = await self._call(pre, "preprocess")
+        except BaseException:
+            if enc is not None:
+                enc.cancel()
+            raise
+        vector = await self._call(enc or self.encoder.encode.remote(prepared.text), "encoder")
         req = SearchRequest(query=prepared, vector=tuple(vector), top_k=top_k or self.cfg.search.top_k, mode=mode)
         return prepared, await self._call(self.search.search.remote(req), "search")
 

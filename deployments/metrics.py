@@ -18,8 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-# Latency buckets from 1 ms to 2 min: stages span sub-ms preprocess to long generations.
-LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+# Latency buckets from 1 ms to 2 min: stages span sub-ms preprocess to long generations; finer
+# where retrieval stages live (5-100 ms), since quantiles are interpolated inside a bucket.
+LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1,
+                   2.5, 5, 10, 30, 60, 120]
 TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128]
 

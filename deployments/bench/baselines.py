@@ -51,7 +51,7 @@ async def _bare_vllm(cfg: AppConfig, prompts: Sequence[str], concurrency: int, n
 
     from deployments.generator.deployment import build_engine
 
-    engine = build_engine(cfg.generator)
+    engine = build_engine(cfg.generator, ray_metrics=False)
     tok = engine.tokenizer
     texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
              for p in prompts]

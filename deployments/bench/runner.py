@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from deployments.bench import load
-from deployments.bench.stats import StepResult, bottleneck, parse_prometheus, stage_means, summarize
+from deployments.bench.stats import StepResult, bottleneck, parse_prometheus, stage_quantiles, summarize
 
 # Ray keeps this file (a link into the newest session) current with every node's metrics port.
 RAY_SERVICE_DISCOVERY = Path("/tmp/ray/prom_metrics_service_discovery.json")
@@ -27,10 +27,29 @@ def sample_questions() -> list[str]:
 
 
 def metrics_urls(sd: Path = RAY_SERVICE_DISCOVERY) -> list[str]:
-    """Every Ray node's metrics endpoint, from Ray's Prometheus service-discovery file."""
-    if not sd.exists():
-        return []
-    return [f"http://{t}/metrics" for group in json.loads(sd.read_text()) for t in group.get("targets", [])]
+    """Every Ray node's metrics endpoint.
+
+    Asked from Ray (this process's connection, or the local cluster's via ``ray.init("auto")``);
+    else read from the service-discovery file a Ray dashboard keeps (may be stale).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return _node_metrics(ray.nodes())
+    try:
+        ray.init(address="auto", logging_level="ERROR")
+    except (ConnectionError, RuntimeError):
+        if not sd.exists():
+            return []
+        return [f"http://{t}/metrics" for group in json.loads(sd.read_text()) for t in group.get("targets", [])]
+    try:
+        return _node_metrics(ray.nodes())
+    finally:
+        ray.shutdown()
+
+
+def _node_metrics(nodes: list[dict]) -> list[str]:
+    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in nodes if n.get("Alive")]
 
 
 def scrape(urls: Sequence[str]) -> dict:
@@ -79,13 +98,13 @@ async def _step(url: str, target: str, mode: str, level: float, call: load.Reque
     result = summarize(target, mode, level, samples, elapsed)
     if metrics:
         await asyncio.sleep(settle_s)
-        result.stages_ms = stage_means(before, await asyncio.to_thread(scrape, metrics))
+        result.stages_ms = stage_quantiles(before, await asyncio.to_thread(scrape, metrics))
         result.bottleneck = bottleneck(result.stages_ms)
     return result
 
 
 HEADER = (f"{'target':9} {'mode':6} {'load':>6} {'reqs':>5} {'err':>4} {'rps':>7} {'p50ms':>8} {'p95ms':>8} "
-          f"{'p99ms':>8} {'ttft50':>7} {'tok/s':>7}  stages (mean ms) -> bottleneck")
+          f"{'p99ms':>8} {'ttft50':>7} {'tok/s':>7}  stages (p50 ms) -> bottleneck")
 
 
 def format_row(r: StepResult) -> str:

@@ -99,23 +99,48 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     return out
 
 
-def stage_means(before: dict, after: dict, metric: str = "ray_rag_stage_latency_seconds") -> dict[str, float]:
-    """Mean service time (ms) per stage between two scrapes, from histogram ``_sum``/``_count``
-    deltas summed over replicas."""
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
+def stage_quantiles(before: dict, after: dict, q: float = 0.5,
+                    metric: str = "ray_rag_stage_latency_seconds") -> dict[str, float]:
+    """Per-stage latency quantile (ms) between two scrapes, from histogram bucket deltas summed
+    over replicas, interpolated linearly inside the bucket (as PromQL's histogram_quantile).
+
+    Buckets, not ``_sum/_count``: Ray 2.60 rebuilds a histogram's ``_sum`` from bucket
+    midpoints, so a mean from it is only as good as the bucket width.
+    """
+    cum: dict[str, dict[float, float]] = {}
     for (name, labels), value in after.items():
-        stage = dict(labels).get("stage")
-        if stage is None or name not in (f"{metric}_sum", f"{metric}_count"):
+        lab = dict(labels)
+        if name != f"{metric}_bucket" or "stage" not in lab or "le" not in lab:
             continue
-        delta = value - before.get((name, labels), 0.0)
-        bucket = sums if name.endswith("_sum") else counts
-        bucket[stage] = bucket.get(stage, 0.0) + delta
-    return {s: 1000 * sums[s] / counts[s] for s in sums if counts.get(s, 0) > 0}
+        le = float(lab["le"])
+        per = cum.setdefault(lab["stage"], {})
+        per[le] = per.get(le, 0.0) + value - before.get((name, labels), 0.0)
+    out = {}
+    for stage, buckets in cum.items():
+        value = _bucket_quantile(sorted(buckets.items()), q)
+        if not math.isnan(value):
+            out[stage] = 1000 * value
+    return out
+
+
+def _bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Quantile of cumulative ``(upper bound, count)`` buckets; NaN when empty."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return math.nan
+    rank, prev_le, prev_count = q * total, 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            width = count - prev_count
+            return prev_le + (le - prev_le) * ((rank - prev_count) / width if width > 0 else 1.0)
+        prev_le, prev_count = le, count
+    return prev_le
 
 
 def bottleneck(stages_ms: dict[str, float], calls_per_request: dict[str, float] | None = None) -> str:
-    """The stage contributing most time per end-to-end request (mean × calls per request)."""
+    """The stage contributing most time per end-to-end request (its latency × calls per request)."""
     if not stages_ms:
         return ""
     weight = calls_per_request or {}

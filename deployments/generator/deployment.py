@@ -27,8 +27,13 @@ from deployments.protocol import GenerationChunk, GenerationRequest
 log = logging.getLogger(__name__)
 
 
-def build_engine(cfg: GeneratorConfig) -> Any:
-    """Start a vLLM ``AsyncLLM`` for ``cfg`` (vllm is imported here: it is optional)."""
+def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> Any:
+    """Start a vLLM ``AsyncLLM`` for ``cfg`` (vllm is imported here: it is optional).
+
+    Args:
+        ray_metrics: export engine metrics as Ray metrics (inside a Serve replica); False for
+            an engine outside Ray (the bare-vLLM benchmark baseline), which keeps vLLM's default.
+    """
     # Process toggles vLLM reads from the environment, set before it is imported.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
     if cfg.tensor_parallel_size == 1:
@@ -36,9 +41,12 @@ def build_engine(cfg: GeneratorConfig) -> Any:
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
     args = AsyncEngineArgs(
         model=models.resolve(cfg.model),
+        # The `model_name` label of the engine metrics: the configured name, not a cache path.
+        served_model_name=cfg.model,
         dtype=cfg.dtype,
         max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager,
@@ -46,7 +54,10 @@ def build_engine(cfg: GeneratorConfig) -> Any:
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
-    return AsyncLLM.from_engine_args(args)
+    # vLLM's default stat logger writes prometheus_client metrics, which a Ray replica does not
+    # export; its Ray wrapper records the same engine metrics (`vllm:num_requests_waiting`, ...)
+    # as Ray metrics, exported on the node's metrics port as `ray_vllm_num_requests_waiting`, ...
+    return AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger] if ray_metrics else None)
 
 
 @serve.deployment(name="generator")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_bench_every_target_and_reports(stack, tmp_path) -> None:
     metrics = runner.metrics_urls()
-    assert metrics, "Ray's Prometheus service-discovery file lists no metrics endpoint"
+    assert metrics, "Ray reports no metrics endpoint"
     results = runner.run_steps(stack.url, ["retrieve", "embed", "generate"], "closed", [1, 2], duration_s=2,
                                max_requests=8, max_tokens=8)
     results += runner.run_steps(stack.url, ["retrieve"], "open", [4], duration_s=2, max_requests=8)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from deployments.bench.stats import Sample, bottleneck, parse_prometheus, percentile, stage_means, summarize
+from deployments.bench.stats import Sample, bottleneck, parse_prometheus, percentile, stage_quantiles, summarize
 
 
 @pytest.mark.parametrize(("xs", "p", "want"), [
@@ -61,15 +61,29 @@ def test_parse_prometheus_reads_labels_and_values() -> None:
     assert not any(name.startswith("#") for name, _ in m)
 
 
-def test_stage_means_use_deltas_summed_over_replicas() -> None:
-    before = parse_prometheus(EXPOSITION)
-    after = parse_prometheus(EXPOSITION.replace("_sum{stage=\"encoder\",replica=\"a\"} 1.0",
-                                                "_sum{stage=\"encoder\",replica=\"a\"} 2.0")
-                             .replace("_count{stage=\"encoder\",replica=\"a\"} 100",
-                                      "_count{stage=\"encoder\",replica=\"a\"} 150"))
-    means = stage_means(before, after)
-    assert means == {"encoder": pytest.approx(20.0)}  # 1.0 s over 50 new calls; search had none
-    assert stage_means({}, before) == {"encoder": pytest.approx(10.0), "search": pytest.approx(3.0)}
+def _buckets(stage: str, replica: str, counts: dict[str, float]) -> str:
+    return "".join(f'ray_rag_stage_latency_seconds_bucket{{stage="{stage}",replica="{replica}",le="{le}"}} {c}\n'
+                   for le, c in counts.items())
+
+
+def test_stage_quantiles_use_bucket_deltas_summed_over_replicas() -> None:
+    before = parse_prometheus(_buckets("encoder", "a", {"0.01": 10, "0.02": 10, "+Inf": 10}))
+    after = parse_prometheus(
+        _buckets("encoder", "a", {"0.01": 10, "0.02": 30, "+Inf": 30})      # +20 calls in (10, 20] ms
+        + _buckets("encoder", "b", {"0.01": 20, "0.02": 20, "+Inf": 20})    # +20 calls in (0, 10] ms
+        + _buckets("search", "a", {"0.005": 0, "0.0075": 4, "+Inf": 4}))
+    q = stage_quantiles(before, after, 0.5)
+    # 40 new encoder calls: 20 at or under 10 ms, 20 in (10, 20]: the median is the 10 ms edge.
+    assert q["encoder"] == pytest.approx(10.0)
+    assert stage_quantiles(before, after, 0.75)["encoder"] == pytest.approx(15.0)
+    assert q["search"] == pytest.approx(6.25)  # interpolated half-way through (5, 7.5] ms
+
+
+def test_stage_quantiles_ignore_stages_without_new_calls_and_the_inf_bucket() -> None:
+    same = parse_prometheus(_buckets("search", "a", {"0.01": 5, "+Inf": 5}))
+    assert stage_quantiles(same, same) == {}
+    only_inf = parse_prometheus(_buckets("generator", "a", {"60": 0, "120": 1, "+Inf": 3}))
+    assert stage_quantiles({}, only_inf, 0.99)["generator"] == pytest.approx(120_000)
 
 
 def test_bottleneck_weights_calls_per_request() -> None:
