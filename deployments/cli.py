@@ -118,9 +118,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stack = LocalStack(load_config_or_defaults(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000),
                        ray_address=args.address)
     stop = threading.Event()
-    # SIGTERM (service managers, `kill`) stops as cleanly as Ctrl-C: Ray and Milvus Lite included.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with stack:
+        # SIGTERM (service managers, `kill`) stops as cleanly as Ctrl-C, Ray and Milvus Lite
+        # included. Installed after start: ray.init replaces the process's SIGTERM handler.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         print(f"ragserve ready on {stack.url} (cold start {stack.timings['cold_start_s']:.1f}s); Ctrl-C stops it")
         try:
             stop.wait()

@@ -18,8 +18,10 @@ from deployments.search.lite import LiteServer, is_listening, local_endpoint
 
 log = logging.getLogger(__name__)
 
-#: Environment every replica gets: no hub traffic, no tokenizer thread pools fighting the cores.
-REPLICA_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+#: Environment every replica gets: no hub traffic, no tokenizer thread pools fighting the cores, and
+#: replica logs to Serve's log files only: streaming every access-log line to the driver through
+#: stderr cost a large share of the CPU under load (measured; see docs/benchmarks.md).
+REPLICA_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_SERVE_LOG_TO_STDERR": "0"}
 
 
 def ensure_milvus(cfg: AppConfig) -> LiteServer | None:

@@ -337,11 +337,34 @@ def render_environment(env: Environment, repo: Path = REPO) -> dict[str, str]:
     }
 
 
+def render_monitoring(repo: Path = REPO) -> dict[str, str]:
+    """The PrometheusRule and the Grafana dashboard ConfigMap, from the same generators as
+    ``cluster/monitoring/`` (``deployments.monitoring``), with the prod config's thresholds."""
+    import json
+
+    from deployments import monitoring
+
+    _, cfg, overlay = merged_serve_config(repo / ENVIRONMENTS[0].overlay, repo)
+    groups = monitoring.recording_rules()["groups"] + monitoring.alert_rules(cfg)["groups"]
+    # The Prometheus operator selects rules by label; `release: prometheus` is kube-prometheus-stack's default.
+    labels = {**LABELS, "release": "prometheus"}
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "ragserve", "labels": labels}, "spec": {"groups": groups}}
+    # Grafana's dashboard sidecar (kube-prometheus-stack) loads ConfigMaps labelled grafana_dashboard.
+    dashboard = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "ragserve-grafana-dashboard", "labels": {**LABELS, "grafana_dashboard": "1"}},
+                 "data": {"ragserve-dashboard.json": json.dumps(monitoring.dashboard(), indent=2) + "\n"}}
+    header = HEADER.format(sources="deployments/metrics.py via deployments/monitoring.py")
+    return {"k8s/base/monitoring/prometheusrule.yaml": header + dump_yaml(rule),
+            "k8s/base/monitoring/grafana-dashboard.yaml": header + dump_yaml(dashboard)}
+
+
 def render_all(repo: Path = REPO) -> dict[str, str]:
-    """Every rendered file of every environment."""
+    """Every rendered file of every environment, and the monitoring resources."""
     out: dict[str, str] = {}
     for env in ENVIRONMENTS:
         out.update(render_environment(env, repo))
+    out.update(render_monitoring(repo))
     return out
 
 
