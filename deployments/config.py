@@ -131,7 +131,9 @@ class EncoderConfig(_Strict):
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0 ...")
     max_batch_size: int = Field(32, ge=1, description="Most requests merged into one forward pass.")
     batch_wait_timeout_s: float = Field(
-        0.001, ge=0, description="Longest wait for more texts before a batch runs (under load, batches fill while the previous one computes)."
+        0.001, ge=0,
+        description="Longest wait for more texts before a batch runs (under load, batches fill while "
+        "the previous one computes).",
     )
     max_seq_length: int = Field(256, ge=8, description="Tokens per text given to the model.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: torch default).")

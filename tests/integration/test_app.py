@@ -139,3 +139,29 @@ def test_request_id_is_echoed_or_made(stack) -> None:
     r = stack.client.post("/v1/generate", json={"prompt": "Hi", "max_tokens": 2})
     made = r.headers["x-request-id"]
     assert "," not in made and len(made) >= 16 and r.json()["id"] == made
+
+
+def test_request_id_reaches_every_stage_log(stack) -> None:
+    """One request can be followed through every stage's Serve log by its id."""
+    import glob
+    import os
+    import time
+
+    import ray
+
+    rid = f"trace-{os.getpid()}-{time.monotonic_ns()}"
+    r = stack.client.post("/v1/query", json={"question": "Quillmark line width", "max_tokens": 4},
+                          headers={"x-request-id": rid})
+    assert r.status_code == 200
+    log_dir = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs", "serve")
+    stages = ("ingress", "preprocess", "encoder", "search", "generator")
+    found: set[str] = set()
+    deadline = time.monotonic() + 30  # replicas flush their log buffers periodically
+    while found != set(stages) and time.monotonic() < deadline:
+        for stage in stages:
+            for path in glob.glob(os.path.join(log_dir, f"replica_ragserve_{stage}_*.log")):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    if rid in f.read():
+                        found.add(stage)
+        time.sleep(1)
+    assert found == set(stages), f"request id missing from: {set(stages) - found}"

@@ -67,7 +67,22 @@ def test_render_is_deterministic() -> None:
     assert set(first) == {
         "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml",
         "k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/serve_config.yaml",
+        "k8s/base/monitoring/prometheusrule.yaml", "k8s/base/monitoring/grafana-dashboard.yaml",
     }
+
+
+def test_monitoring_resources_come_from_the_monitoring_generator() -> None:
+    """The PrometheusRule holds exactly the cluster/monitoring rule groups, the ConfigMap the dashboard."""
+    from deployments import monitoring
+
+    out = render.render_all()
+    rule = yaml.safe_load(out["k8s/base/monitoring/prometheusrule.yaml"])
+    names = [g["name"] for g in rule["spec"]["groups"]]
+    local = [g["name"] for f in ("recording.yml", "alerts.yml")
+             for g in yaml.safe_load((REPO / "cluster/monitoring/rules" / f).read_text())["groups"]]
+    assert names == local
+    cm = yaml.safe_load(out["k8s/base/monitoring/grafana-dashboard.yaml"])
+    assert json.loads(cm["data"]["ragserve-dashboard.json"]) == monitoring.dashboard()
 
 
 def test_committed_files_are_current(capsys: pytest.CaptureFixture[str]) -> None:
