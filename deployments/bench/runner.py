@@ -6,6 +6,8 @@ import asyncio
 import csv
 import json
 import math
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -16,8 +18,10 @@ import httpx
 from deployments.bench import load
 from deployments.bench.stats import StepResult, bottleneck, parse_prometheus, stage_quantiles, summarize
 
-# Ray keeps this file (a link into the newest session) current with every node's metrics port.
-RAY_SERVICE_DISCOVERY = Path("/tmp/ray/prom_metrics_service_discovery.json")
+# A Ray dashboard keeps this file (a link into the newest session, under Ray's temp dir)
+# current with every node's metrics port.
+RAY_SERVICE_DISCOVERY = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / \
+    "prom_metrics_service_discovery.json"
 
 
 def sample_questions() -> list[str]:
