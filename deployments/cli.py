@@ -150,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 DEMO_QUESTIONS = [
-    "What does Nimbus Vault error code E-4471 mean?",
+    "What is the maximum water pressure of the Verdant Loop irrigation pump?",
     "翠岚坪茶园位于海拔多少米？",
 ]
 
