@@ -28,9 +28,14 @@ from deployments.errors import RagServeError
 log = logging.getLogger("ragserve")
 
 
-def _http_options(path: str | None) -> dict[str, Any]:
-    p = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
-    return (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
+def _local_stack(args: argparse.Namespace, **kw: Any) -> Any:
+    """A LocalStack for the config, on the host/port of the serve YAML's ``http_options``."""
+    from deployments.stack import LocalStack
+
+    p = Path(args.config or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    http = (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
+    return LocalStack(load_config_or_defaults(args.config), host=http.get("host", "127.0.0.1"),
+                      port=http.get("port", 8000), **kw)
 
 
 def sample_corpus() -> Path:
@@ -112,11 +117,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start Milvus Lite (if local), Ray and the app; serve until interrupted."""
-    from deployments.stack import LocalStack
-
-    http = _http_options(args.config)
-    stack = LocalStack(load_config_or_defaults(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000),
-                       ray_address=args.address)
+    stack = _local_stack(args, ray_address=args.address)
     stop = threading.Event()
     with stack:
         # SIGTERM (service managers, `kill`) stops as cleanly as Ctrl-C, Ray and Milvus Lite
@@ -133,12 +134,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole path once: ingest the sample corpus, start everything, ask, stop."""
-    from deployments.stack import LocalStack
-
     args.paths = [str(sample_corpus())]
     cmd_ingest(args)
-    http = _http_options(args.config)
-    with LocalStack(load_config_or_defaults(args.config), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000)) as st:
+    with _local_stack(args) as st:
         print(f"\napp started in {st.timings['cold_start_s']:.1f}s on {st.url}\n")
         args.url, args.top_k, args.timeout = st.url, None, 120
         for q in args.questions or DEMO_QUESTIONS:

@@ -96,7 +96,7 @@ def chunk_rows(doc: Document, embedder: Embeds, icfg: IngestConfig, pcfg: Prepro
     texts = [normalize(c.text, pcfg.unicode_form) for c in chunks]
     vectors = embedder.embed(texts, batch_size=icfg.embed_batch_size)
     rows = []
-    for c, t, v in zip(chunks, texts, vectors):
+    for c, t, v in zip(chunks, texts, vectors, strict=True):
         content_hash = hashlib.sha256(t.encode()).hexdigest()[:32]
         rows.append({
             "id": hashlib.sha256(f"{doc.doc_id}:{c.index}:{content_hash}".encode()).hexdigest()[:32],
