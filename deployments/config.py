@@ -213,6 +213,11 @@ class GeneratorConfig(_Strict):
     )
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults, description="Sampling defaults.")
     request_timeout_s: float = Field(120.0, gt=0, description="Most time one generation may take.")
+    first_token_timeout_s: float = Field(
+        30.0, gt=0,
+        description="Most time the ingress waits for a generation to start (queueing included) before "
+        "answering 503: a generator without a live replica must not hold clients until request_timeout_s.",
+    )
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=1.0), max_ongoing_requests=32)
 
 

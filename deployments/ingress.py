@@ -20,7 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import http
 from deployments.config import AppConfig
-from deployments.errors import DependencyTimeoutError, InvalidRequestError, PayloadTooLargeError, RagServeError
+from deployments.errors import (
+    DependencyTimeoutError, InvalidRequestError, OverloadedError, PayloadTooLargeError, RagServeError,
+)
 from deployments.generator import prompt
 from deployments.preprocess import text as analysis
 from deployments.protocol import (
@@ -106,10 +108,14 @@ class Ingress:
         )
 
     async def _generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream from the generator; each chunk must arrive within the generation deadline."""
+        """Stream from the generator under two deadlines: the first chunk within
+        ``first_token_timeout_s`` (else 503: no replica took it, or the queue is too long), every
+        later one within ``request_timeout_s`` (else 504; the generator enforces its own first)."""
+        g = self.cfg.generator
         stream = self.generator.options(stream=True).generate.remote(req)
-        deadline = self.cfg.generator.request_timeout_s + 5  # the generator enforces its own first
+        first = True
         while True:
+            deadline = g.first_token_timeout_s if first else g.request_timeout_s + 5
             try:
                 async with asyncio.timeout(deadline):
                     chunk = await stream.__anext__()
@@ -117,10 +123,31 @@ class Ingress:
                 return
             except TimeoutError:
                 stream.cancel()
+                if first:
+                    raise OverloadedError(f"generator stage did not start answering within {deadline}s",
+                                          retry_after_s=deadline) from None
                 raise DependencyTimeoutError(f"generator stage did not answer within {deadline}s") from None
             except Exception as exc:
                 raise http.as_ragserve_error(exc) from None
+            first = False
             yield chunk
+
+    async def _started(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """The generation stream with its first chunk already received, so that a generator that
+        is down or overloaded is an HTTP 503 before a streaming response's 200 is sent."""
+        chunks = self._generate(req)
+        try:
+            first: GenerationChunk | None = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = None
+
+        async def replay() -> AsyncIterator[GenerationChunk]:
+            if first is not None:
+                yield first
+            async for chunk in chunks:
+                yield chunk
+
+        return replay()
 
     def _grounding(self, answer: str, hits: tuple[Hit, ...]) -> list[int]:
         pcfg = self.cfg.preprocess
@@ -164,7 +191,7 @@ class Ingress:
         )
         sources = _sources(result.hits)
         if body.stream:
-            return self._sse(self._query_events(gen, sources, result.hits))
+            return self._sse(self._query_events(gen, await self._started(gen), sources, result.hits))
         answer, last = await self._collect(gen)
         return QueryResponse(
             id=gen.request_id, answer=answer, sources=sources,
@@ -180,10 +207,11 @@ class Ingress:
             last = chunk
         return "".join(parts), last
 
-    async def _query_events(self, gen: GenerationRequest, sources: list[Source], hits: tuple[Hit, ...]):
+    async def _query_events(self, gen: GenerationRequest, chunks: AsyncIterator[GenerationChunk],
+                            sources: list[Source], hits: tuple[Hit, ...]):
         yield http.sse({"id": gen.request_id, "sources": [s.model_dump() for s in sources]}, event="sources")
         parts: list[str] = []
-        async for chunk in self._generate(gen):
+        async for chunk in chunks:
             parts.append(chunk.text)
             if chunk.text:
                 yield http.sse({"delta": chunk.text})
@@ -205,12 +233,12 @@ class Ingress:
             ChatMessage(role="user", content=body.prompt)]
         gen = GenerationRequest(messages=tuple(messages), sampling=self._sampling(body), request_id=_rid(request))
         if body.stream:
-            return self._sse(self._generate_events(gen))
+            return self._sse(self._generate_events(await self._started(gen)))
         text, last = await self._collect(gen)
         return GenerateResponse(id=gen.request_id, text=text, finish_reason=last.finish_reason, usage=_usage(last))
 
-    async def _generate_events(self, gen: GenerationRequest):
-        async for chunk in self._generate(gen):
+    async def _generate_events(self, chunks: AsyncIterator[GenerationChunk]):
+        async for chunk in chunks:
             if chunk.text:
                 yield http.sse({"delta": chunk.text})
             if chunk.finish_reason is not None:
@@ -237,7 +265,7 @@ class Ingress:
         sources = [s.model_dump() for s in _sources(hits)]
         model = body.model or self.cfg.generator.model
         if body.stream:
-            return self._sse(self._chat_events(gen, model, sources))
+            return self._sse(self._chat_events(gen, await self._started(gen), model, sources))
         answer, last = await self._collect(gen)
         return {
             "id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
@@ -247,11 +275,12 @@ class Ingress:
             "cited": prompt.cited_sources(answer, len(sources)),
         }
 
-    async def _chat_events(self, gen: GenerationRequest, model: str, sources: list[dict]):
+    async def _chat_events(self, gen: GenerationRequest, chunks: AsyncIterator[GenerationChunk], model: str,
+                           sources: list[dict]):
         base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         first = {"role": "assistant", "content": ""}
         yield http.sse({**base, "choices": [{"index": 0, "delta": first, "finish_reason": None}], "sources": sources})
-        async for chunk in self._generate(gen):
+        async for chunk in chunks:
             if chunk.text:
                 yield http.sse({**base, "choices": [{"index": 0, "delta": {"content": chunk.text},
                                                       "finish_reason": None}]})

@@ -1,0 +1,98 @@
+"""The ingress's generation deadlines, with a fake generator handle (error paths only).
+
+A generator with no live replica (or a queue too long) must give a fast 503 before any response
+byte is sent, not hold the client until the generation deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from deployments.config import parse_app_config
+from deployments.errors import OverloadedError
+from deployments.ingress import Ingress
+from deployments.protocol import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
+
+REQ = GenerationRequest(messages=(ChatMessage(role="user", content="hi"),),
+                        sampling=SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0), request_id="r1")
+
+
+class FakeStream:
+    """Yields ``chunks``; with ``hang`` it never yields its first chunk (no replica took it)."""
+
+    def __init__(self, chunks: list[GenerationChunk], hang: bool = False) -> None:
+        self.chunks, self.hang, self.cancelled = list(chunks), hang, False
+
+    async def __anext__(self) -> GenerationChunk:
+        if self.hang:
+            await asyncio.sleep(3600)
+        if not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeHandle:
+    def __init__(self, stream: FakeStream) -> None:
+        self.stream = stream
+        self.generate = self
+
+    def options(self, **_: object) -> "FakeHandle":
+        return self
+
+    def remote(self, _req: GenerationRequest) -> FakeStream:
+        return self.stream
+
+
+def ingress(stream: FakeStream) -> SimpleNamespace:
+    """The Ingress methods under test bound to a plain object (no Serve wrapper instance)."""
+    cls = Ingress.func_or_class
+    cfg = parse_app_config({"generator": {"first_token_timeout_s": 0.2}})
+    obj = SimpleNamespace(generator=FakeHandle(stream), cfg=cfg)
+    obj._generate = lambda req: cls._generate(obj, req)
+    obj._started = lambda req: cls._started(obj, req)
+    return obj
+
+
+async def drain(it) -> list[str]:
+    return [c.text async for c in it]
+
+
+def test_no_first_chunk_is_a_fast_503_with_retry_after() -> None:
+    stream = FakeStream([], hang=True)
+    start = time.monotonic()
+    with pytest.raises(OverloadedError) as err:
+        asyncio.run(drain(ingress(stream)._generate(REQ)))
+    assert time.monotonic() - start < 2
+    assert err.value.status == 503 and err.value.retry_after_s == pytest.approx(0.2)
+    assert stream.cancelled
+
+
+def test_started_raises_before_a_streaming_response_begins() -> None:
+    async def main() -> None:
+        await ingress(FakeStream([], hang=True))._started(REQ)
+
+    with pytest.raises(OverloadedError):
+        asyncio.run(main())
+
+
+def test_started_replays_the_first_chunk_then_the_rest() -> None:
+    chunks = [GenerationChunk(text="a"), GenerationChunk(text="b"), GenerationChunk(text="", finish_reason="stop")]
+
+    async def main() -> list[str]:
+        return await drain(await ingress(FakeStream(chunks))._started(REQ))
+
+    assert asyncio.run(main()) == ["a", "b", ""]
+
+
+def test_empty_stream_ends_cleanly() -> None:
+    async def main() -> list[str]:
+        return await drain(await ingress(FakeStream([]))._started(REQ))
+
+    assert asyncio.run(main()) == []
