@@ -32,7 +32,6 @@ from deployments.errors import (
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -94,10 +93,11 @@ def as_ragserve_error(exc: BaseException) -> RagServeError:
     return RagServeError(f"internal error ({type(exc).__name__})")
 
 
-def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
-    """The HTTP response for an exception (the one place statuses are chosen)."""
+def error_response(exc: BaseException) -> JSONResponse:
+    """The HTTP response for an exception (the one place statuses are chosen). No request-id
+    header here: Serve's proxy adds ``X-Request-Id`` to every response, errors included."""
     err = as_ragserve_error(exc)
-    headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    headers: dict[str, str] = {}
     if isinstance(err, OverloadedError):
         headers["retry-after"] = str(max(1, round(err.retry_after_s)))
     return JSONResponse(err.body(), status_code=err.status, headers=headers)

@@ -35,7 +35,7 @@ MAX_EMBED_INPUTS = 256
 
 api = FastAPI(title="ragserve", version="0.1.0")
 api.add_middleware(http.IngressMiddleware)
-api.add_exception_handler(RagServeError, lambda request, exc: http.error_response(exc, _rid(request)))
+api.add_exception_handler(RagServeError, lambda request, exc: http.error_response(exc))
 api.add_exception_handler(StarletteHTTPException, http.http_exception_handler)
 
 

@@ -34,7 +34,7 @@ class Encoder:
         """Embed one text; returns its unit-length vector."""
         with metrics.stage_call("encoder"):
             enqueued = time.perf_counter()
-            vec, started = await self._batched((text, enqueued))
+            vec, started = await self._batched(text)
             metrics.observe("rag_stage_queue_seconds", started - enqueued, stage="encoder")
             return vec
 
@@ -47,12 +47,13 @@ class Encoder:
         return {"model": self.embedder.name, "dim": self.dim}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)  # both reset from the config in __init__
-    async def _batched(self, items: list[tuple[str, float]]) -> list[tuple[list[float], float]]:
+    async def _batched(self, texts: list[str]) -> list[tuple[list[float], float]]:
+        """Vectors of one batch, each with the time the batch started (for queue time)."""
         started = time.perf_counter()
-        metrics.observe("rag_encoder_batch_size", len(items))
+        metrics.observe("rag_encoder_batch_size", len(texts))
         # The forward pass runs ON the event loop, on purpose. Run in a worker thread, it held the
         # GIL (small-batch inference is mostly Python) while the loop thread starved, so requests
         # could not join the queue and batches stayed at 1-2 texts under 32 concurrent callers
         # (measured). Blocking here, the arrivals pile up meanwhile and form the next full batch.
-        vecs = self.embedder.embed([t for t, _ in items])
+        vecs = self.embedder.embed(texts)
         return [(v, started) for v in vecs]

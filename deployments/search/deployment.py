@@ -35,10 +35,16 @@ class Searcher:
     def _get_store(self, dim: int) -> ChunkStore:
         with self._lock:
             if self._store is None or self._store.dim != dim:
-                store = ChunkStore(connect(self.cfg.milvus), self.cfg, dim)
+                # Reuse the open client if any (a readiness check may have opened it).
+                client = self._store.client if self._store is not None else connect(self.cfg.milvus)
+                store = ChunkStore(client, self.cfg, dim)
                 store.ensure_collection()
                 self._store = store
             return self._store
+
+    def _forget_store(self) -> None:
+        with self._lock:
+            self._store = None  # reconnect on the next call
 
     def _search_blocking(self, req: SearchRequest, mode: str) -> SearchResult:
         store = self._get_store(len(req.vector))
@@ -46,8 +52,7 @@ class Searcher:
         try:
             hits = store.search(req.vector, req.query.lexical_text, req.top_k, mode)
         except DependencyUnavailableError:
-            with self._lock:
-                self._store = None  # reconnect on the next call
+            self._forget_store()
             raise
         finally:
             metrics.observe("rag_search_milvus_seconds", time.perf_counter() - start, op="search")
@@ -70,17 +75,16 @@ class Searcher:
 
     async def ready(self) -> dict[str, int | str]:
         """Whether Milvus answers: the collection's name and row count (for /readyz)."""
-        def _count() -> int:
-            store = self._store
-            if store is None:
-                client = connect(self.cfg.milvus)
-                from deployments.search.store import milvus_errors
+        def _rows() -> int:
+            with self._lock:
+                if self._store is None:
+                    # The vector size is learnt from the first search; counting does not need it.
+                    self._store = ChunkStore(connect(self.cfg.milvus), self.cfg, dim=0)
+                store = self._store
+            try:
+                return store.stored_rows()
+            except DependencyUnavailableError:
+                self._forget_store()
+                raise
 
-                with milvus_errors("ping", self.cfg.milvus.timeout_s):
-                    if not client.has_collection(self.cfg.milvus.collection, timeout=self.cfg.milvus.timeout_s):
-                        return 0
-                    stats = client.get_collection_stats(self.cfg.milvus.collection, timeout=self.cfg.milvus.timeout_s)
-                return int(stats.get("row_count", 0))
-            return store.count()
-
-        return {"collection": self.cfg.milvus.collection, "rows": await asyncio.to_thread(_count)}
+        return {"collection": self.cfg.milvus.collection, "rows": await asyncio.to_thread(_rows)}

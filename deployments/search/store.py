@@ -137,6 +137,14 @@ class ChunkStore:
             self.client.delete(self.name, ids=list(ids), timeout=self.timeout)
             self.client.flush(self.name, timeout=self.timeout)
 
+    def stored_rows(self) -> int:
+        """Rows Milvus reports for the collection (0 before it exists); no load needed."""
+        with milvus_errors("stats", self.timeout):
+            if not self.client.has_collection(self.name, timeout=self.timeout):
+                return 0
+            stats = self.client.get_collection_stats(self.name, timeout=self.timeout)
+        return int(stats.get("row_count", 0))
+
     def count(self) -> int:
         with milvus_errors("count", self.timeout):
             res = self.client.query(self.name, filter="", output_fields=["count(*)"], timeout=self.timeout)

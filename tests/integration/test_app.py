@@ -139,6 +139,8 @@ def test_request_id_is_echoed_or_made(stack) -> None:
     r = stack.client.post("/v1/generate", json={"prompt": "Hi", "max_tokens": 2})
     made = r.headers["x-request-id"]
     assert "," not in made and len(made) >= 16 and r.json()["id"] == made
+    r = stack.client.post("/v1/query", json={"question": ""}, headers={"x-request-id": "err-7"})
+    assert r.status_code == 400 and r.headers["x-request-id"] == "err-7"  # once, on errors too
 
 
 def test_request_id_reaches_every_stage_log(stack) -> None:
