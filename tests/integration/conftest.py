@@ -94,3 +94,9 @@ def sse_events(response: httpx.Response) -> list[tuple[str, str]]:
             events.append((event, line[6:]))
             event = ""
     return events
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the outage tests last: they stop Milvus and kill the vLLM engine of the shared stack,
+    and the tests after them would otherwise run against a just-replaced generator replica."""
+    items.sort(key=lambda item: item.path.name == "test_outage.py")

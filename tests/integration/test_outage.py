@@ -1,6 +1,6 @@
 """Unavailable dependencies give a fast 503/504, never a hang, and the app recovers.
 
-Runs last (file order): it stops the session's Milvus server and kills the vLLM engine
+Runs last (conftest orders it so): it stops the session's Milvus server and kills the vLLM engine
 process, both started by this test session (found among this process's own descendants).
 """
 
