@@ -147,6 +147,17 @@ class Generator:
         if first is not None and n_out > 1:
             metrics.observe("rag_generator_tpot_seconds", (time.perf_counter() - first) / (n_out - 1))
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """This replica's autoscaling signal (Ray Serve calls it while autoscaling is on).
+
+        Sequences in the vLLM engine (waiting + running) and those beyond ``max_num_seqs``: what
+        the engine holds, which drops to 0 the moment generation ends, unlike a caller's count
+        of a stream it has not finished reading.
+        """
+        from deployments.autoscaling import engine_stats
+
+        return engine_stats(self.engine.get_num_unfinished_requests(), self.cfg.max_num_seqs)
+
     async def ready(self) -> dict[str, str]:
         """The served model (for /readyz); raises when the engine is dead."""
         await self.check_health()
