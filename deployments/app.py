@@ -16,18 +16,22 @@ from deployments.encoder.deployment import Encoder
 from deployments.generator.deployment import Generator
 from deployments.ingress import Ingress
 from deployments.preprocess.deployment import Preprocessor
+from deployments.rerank.deployment import Reranker
 from deployments.search.deployment import Searcher
 
 
 def build_app(cfg: AppConfig) -> Application:
-    """Compose preprocess → encoder → search → generator behind the HTTP ingress."""
+    """Compose preprocess → encoder → search (→ rerank) → generator behind the HTTP ingress."""
     log = {"logging_config": cfg.logging.model_dump()}
     preprocess = Preprocessor.options(**cfg.preprocess.deployment.serve_options(), **log).bind(cfg.preprocess)
     encoder = Encoder.options(**cfg.encoder.deployment.serve_options(), **log).bind(cfg.encoder)
     search = Searcher.options(**cfg.search.deployment.serve_options(), **log).bind(cfg.search)
     generator = Generator.options(**cfg.generator.deployment.serve_options(), **log).bind(cfg.generator)
+    rerank = None
+    if cfg.reranker.enabled:
+        rerank = Reranker.options(**cfg.reranker.deployment.serve_options(), **log).bind(cfg.reranker)
     return Ingress.options(**cfg.ingress.deployment.serve_options(), **log).bind(
-        preprocess, encoder, search, generator, cfg
+        preprocess, encoder, search, generator, cfg, rerank
     )
 
 

@@ -21,9 +21,11 @@ from typing import Any
 import httpx
 import yaml
 
+from deployments import localcluster
 from deployments.bench import command as bench_command
 from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, env, load_config_or_defaults, load_serve_yaml
 from deployments.errors import RagServeError
+from deployments.evaluation import command as eval_command
 
 log = logging.getLogger("ragserve")
 
@@ -45,23 +47,41 @@ def sample_corpus() -> Path:
 
 # --------------------------------------------------------------------------- commands
 def cmd_ingest(args: argparse.Namespace) -> int:
-    """Chunk, embed and write files to Milvus (in this process; no Ray needed)."""
+    """Parse, chunk, embed and write files to Milvus: a Ray Data pipeline on a local Ray (or the
+    cluster at ``--address``), or everything in this process with ``--local``."""
     from deployments.encoder.model import Embedder
+    from deployments.ingest import bulk
     from deployments.ingest.pipeline import ingest_paths
     from deployments.search.store import ChunkStore, connect
-    from deployments.stack import ensure_milvus
+    from deployments.stack import REPLICA_ENV, ensure_milvus
 
     cfg = load_config_or_defaults(args.config)
     lite = ensure_milvus(cfg)
     try:
         start = time.perf_counter()
         embedder = Embedder(cfg.encoder)
-        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim)
+        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim, args.collection)
         store.ensure_collection()
-        reports = ingest_paths(args.paths, store, embedder, cfg.ingest, cfg.preprocess)
+        store.purge_tombstones()  # left by an interrupted run; invisible, but not wanted
+        if args.local:
+            reports = ingest_paths(args.paths, store, embedder, cfg.ingest, cfg.preprocess)
+        else:
+            import ray
+
+            if args.collection:
+                cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
+                    "milvus": cfg.search.milvus.model_copy(update={"collection": args.collection})})})
+            ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": REPLICA_ENV})
+            try:
+                reports = bulk.run(args.paths, cfg, embedder.dim, progress=not args.quiet)
+            finally:
+                ray.shutdown()
         for r in reports:
-            print(f"{r.status:9} {r.chunks:4d} chunks  {r.source}" + (f"  ({r.reason})" if r.reason else ""))
-        print(f"{len(reports)} files, {store.count()} chunks in '{store.name}' "
+            if r.status == "skipped" or args.verbose:
+                print(f"{r.status:9} {r.chunks:4d} chunks  {r.source}" + (f"  ({r.reason})" if r.reason else ""))
+        counts = {k: sum(r.status == k for r in reports) for k in ("added", "updated", "unchanged", "skipped")}
+        print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; {store.count()} chunks in '{store.name}' "
               f"({time.perf_counter() - start:.1f}s)")
     finally:
         if lite is not None:
@@ -134,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole path once: ingest the sample corpus, start everything, ask, stop."""
-    args.paths = [str(sample_corpus())]
+    args.paths, args.collection, args.local, args.verbose, args.quiet = [str(sample_corpus())], None, True, True, True
     cmd_ingest(args)
     with _local_stack(args) as st:
         print(f"\napp started in {st.timings['cold_start_s']:.1f}s on {st.url}\n")
@@ -171,8 +191,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start Milvus Lite, Ray and the app")
     s.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
     s.set_defaults(fn=cmd_serve)
-    s = sub.add_parser("ingest", help="ingest text/markdown files or directories")
+    s = sub.add_parser("ingest", help="ingest .txt/.md/.html/.pdf/.jsonl files or directories")
     s.add_argument("paths", nargs="+")
+    s.add_argument("--collection", help="target collection (default: the configured one)")
+    s.add_argument("--local", action="store_true", help="run in this process instead of a Ray Data pipeline")
+    s.add_argument("--address", help="Ray cluster to run the pipeline on (default: start a local one)")
+    s.add_argument("--verbose", "-v", action="store_true", help="print every document, not only skipped ones")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_ingest)
     for name, fn in (("ask", cmd_ask), ("status", cmd_status)):
         s = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
@@ -186,6 +211,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("questions", nargs="*")
     s.set_defaults(fn=cmd_demo)
     bench_command.add_parser(sub)
+    localcluster.add_parser(sub)
+    eval_command.add_parser(sub)
     s = sub.add_parser("config", help="validate and print the config, or its schema")
     s.add_argument("--schema", action="store_true")
     s.set_defaults(fn=cmd_config)

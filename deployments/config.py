@@ -42,16 +42,53 @@ class _Strict(BaseModel):
 
 # --------------------------------------------------------------------------- Serve options
 class AutoscalingOptions(_Strict):
-    """Ray Serve autoscaling for one deployment (``autoscaling_config``)."""
+    """Ray Serve autoscaling for one deployment (``autoscaling_config``).
+
+    ``policy`` picks the stage's scaling *signal* (``deployments/autoscaling.py``):
+
+    * ``requests``: Serve's built-in policy, ongoing requests (running + queued) per replica.
+      For preprocess and search (short, uniform calls: in-flight calls are the load) and the
+      ingress (its in-flight requests are mostly generation streams, so it follows the
+      generator; give both the same ``downscale_delay_s`` so they reach their minimum together).
+    * ``queue``: the encoder's queued batch work, in texts (the replicas report their
+      ``@serve.batch`` backlog; a bulk ``/v1/embeddings`` call is one request but many texts),
+      at least the request count. ``target_ongoing_requests`` is then texts per replica.
+    * ``generator``: sequences in each replica's vLLM engine (waiting + running) plus requests
+      queued at the handles, and one replica more while work waits; handle-side running counts
+      of streams are not used. ``target_ongoing_requests`` is then sequences per replica.
+
+    Every policy returns to ``min_replicas`` after ``downscale_delay_s`` without load, and
+    falls back to the request count while no replica has reported its signal.
+    """
 
     min_replicas: int = Field(1, ge=0, description="Fewest replicas kept running.")
     max_replicas: int = Field(1, ge=1, description="Most replicas the autoscaler may start.")
     initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time.")
     target_ongoing_requests: float = Field(
-        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+        2.0, gt=0,
+        description="Load per replica the autoscaler aims for, in the policy's unit: ongoing requests "
+        "(requests), queued texts (queue) or engine sequences (generator).",
     )
     upscale_delay_s: float = Field(10.0, ge=0, description="Sustained load before scaling up.")
     downscale_delay_s: float = Field(120.0, ge=0, description="Sustained idleness before scaling down.")
+    policy: Literal["requests", "queue", "generator"] = Field(
+        "requests",
+        description="Scaling signal: requests (Serve's ongoing requests), queue (encoder batch backlog) "
+        "or generator (vLLM engine sequences and waiting work).",
+    )
+    tolerance: float = Field(
+        0.1, ge=0, lt=1,
+        description="Dead band of the queue/generator policies: the replica count is kept while load per "
+        "replica is within this fraction of the target (no flapping at a boundary).",
+    )
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window over which the signal is averaged before each decision."
+    )
+    metrics_interval_s: float | None = Field(
+        None, gt=0,
+        description="How often replicas and handles report the signal (Serve's default 10 s when unset). "
+        "Ray 2.60 marks this field deprecated but still reads it; short delays need a short interval.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> "AutoscalingOptions":
@@ -61,7 +98,23 @@ class AutoscalingOptions(_Strict):
             self.min_replicas <= self.initial_replicas <= self.max_replicas
         ):
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        # Serve warns (and will refuse) a window no longer than one report interval: the
+        # average would then rest on a single, possibly stale, sample. 10 s: Serve's default.
+        if self.look_back_period_s <= (self.metrics_interval_s or 10.0):
+            raise ValueError("look_back_period_s must be longer than metrics_interval_s (default 10 s)")
         return self
+
+    def serve_config(self) -> dict[str, Any]:
+        """Serve's ``autoscaling_config``: the plain fields, and the custom policy if one is chosen."""
+        from deployments.autoscaling import POLICY_PATHS
+
+        cfg = self.model_dump(exclude_none=True, exclude={"policy", "tolerance"})
+        if self.policy != "requests":
+            cfg["policy"] = {
+                "policy_function": POLICY_PATHS[self.policy],
+                "policy_kwargs": {"tolerance": self.tolerance},
+            }
+        return cfg
 
 
 class ActorResources(_Strict):
@@ -100,7 +153,7 @@ class DeploymentOptions(_Strict):
         if self.autoscaling is None:
             opts["num_replicas"] = self.num_replicas
         else:
-            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+            opts["autoscaling_config"] = self.autoscaling.serve_config()
         return opts
 
 
@@ -176,6 +229,19 @@ class SearchConfig(_Strict):
         return self
 
 
+class RerankerConfig(_Strict):
+    """Optional cross-encoder reranking between search and generation (off by default: no PyPI
+    package carries cross-encoder weights, so the embedded default has none to run)."""
+
+    enabled: bool = Field(False, description="Deploy the rerank stage and rerank every retrieval.")
+    model: str = Field("cross-encoder/ms-marco-MiniLM-L-6-v2", description="HF id or local path of a cross-encoder.")
+    device: str = Field("cpu", description="torch device.")
+    candidates: int = Field(20, ge=1, description="Passages fetched from search and rescored.")
+    max_length: int = Field(256, ge=8, description="Tokens of question + passage given to the model.")
+    batch_size: int = Field(32, ge=1, description="Pairs per forward pass.")
+    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.5), max_ongoing_requests=16)
+
+
 class SamplingDefaults(_Strict):
     """Defaults and bounds of generation sampling parameters."""
 
@@ -228,6 +294,10 @@ class IngestConfig(_Strict):
     chunk_overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between neighbouring chunks.")
     embed_batch_size: int = Field(64, ge=1, description="Chunks embedded per forward pass.")
     max_file_bytes: int = Field(20_000_000, ge=1, description="Larger files are skipped and reported.")
+    doc_batch_size: int = Field(16, ge=1, description="Documents per batch in the bulk pipeline (one upsert each).")
+    embed_actors: int = Field(2, ge=1, description="Most embedding actors of the bulk pipeline (its actor pool).")
+    embed_actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per embedding actor.")
+    max_documents_per_request: int = Field(64, ge=1, description="Documents one POST /v1/documents may carry.")
 
     @model_validator(mode="after")
     def _overlap(self) -> "IngestConfig":
@@ -264,6 +334,7 @@ class AppConfig(_Strict):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Encoder stage.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="Search stage.")
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Generator stage.")
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig, description="Optional rerank stage.")
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Document ingestion.")
     logging: LoggingOptions = Field(default_factory=LoggingOptions, description="Replica logging.")

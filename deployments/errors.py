@@ -65,6 +65,13 @@ class NotFoundError(RagServeError):
     type = "not_found_error"
 
 
+class ConflictError(RagServeError):
+    """The request conflicts with stored state, e.g. a collection of another schema (409)."""
+
+    status = 409
+    type = "conflict_error"
+
+
 class OverloadedError(RagServeError):
     """Too many requests queued (503, retry later)."""
 

@@ -2,13 +2,15 @@
 
 Routes: ``/v1/query`` (retrieve + generate, optionally streamed as SSE), ``/v1/retrieve``,
 ``/v1/embeddings``, ``/v1/generate``, ``/v1/chat/completions`` (OpenAI-compatible, with the
-sources), ``/healthz`` and ``/readyz``. Every stage call has a deadline, so a stage that is down
+sources), ``/v1/documents`` and ``/v1/collections`` (writes through the same stages, see
+``deployments.ingest.online``), ``/healthz`` and ``/readyz``. Every stage call has a deadline, so a stage that is down
 gives a fast 503/504 rather than a hanging client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,13 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments import http
 from deployments.config import AppConfig
 from deployments.errors import (
-    DependencyTimeoutError, InvalidRequestError, OverloadedError, PayloadTooLargeError, RagServeError,
+    DependencyTimeoutError, InvalidRequestError, NotFoundError, OverloadedError, PayloadTooLargeError, RagServeError,
 )
 from deployments.generator import prompt
+from deployments.ingest import online
 from deployments.preprocess import text as analysis
 from deployments.protocol import (
-    ChatCompletionRequest, ChatMessage, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, GenerateRequest,
-    GenerateResponse, GenerationChunk, GenerationRequest, Hit, QueryRequest, QueryResponse, RetrieveRequest,
+    COLLECTION_PATTERN, DOC_ID_PATTERN, ChatCompletionRequest, ChatMessage, CollectionRequest, DocumentsRequest,
+    DocumentsResponse, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, GenerateRequest, GenerateResponse,
+    GenerationChunk, GenerationRequest, Hit, QueryRequest, QueryResponse, RetrievalFields, RetrieveRequest,
     RetrieveResponse, SamplingFields, SamplingParams, SearchRequest, Source, Usage,
 )
 
@@ -52,13 +56,21 @@ def _sources(hits: tuple[Hit, ...]) -> list[Source]:
     return [Source(n=i, **h.model_dump()) for i, h in enumerate(hits, start=1)]
 
 
+def _path_param(value: str, pattern: str, name: str) -> str:
+    if not re.fullmatch(pattern, value):
+        raise InvalidRequestError(f"invalid {name} {value[:80]!r} (must match {pattern})", param=name)
+    return value
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
     """Composes the stages; holds only handles and the config, no models."""
 
-    def __init__(self, preprocess: Any, encoder: Any, search: Any, generator: Any, cfg: AppConfig) -> None:
+    def __init__(self, preprocess: Any, encoder: Any, search: Any, generator: Any, cfg: AppConfig,
+                 rerank: Any = None) -> None:
         self.preprocess, self.encoder, self.search, self.generator = preprocess, encoder, search, generator
+        self.rerank = rerank  # None unless reranker.enabled
         self.cfg = cfg
         self.timeout = cfg.ingress.request_timeout_s
         self.max_body = cfg.ingress.max_body_bytes
@@ -75,7 +87,7 @@ class Ingress:
         except Exception as exc:  # Ray/Serve errors become typed errors here, once
             raise http.as_ragserve_error(exc) from None
 
-    async def _retrieve(self, question: str, top_k: int | None, mode: str | None) -> tuple[Any, Any]:
+    async def _retrieve(self, question: str, where: RetrievalFields) -> tuple[Any, Any]:
         # Preprocess and encoder run concurrently: the encoder's input is the normalised question,
         # which is cheap and deterministic, so the critical path saves a whole stage hop. Only
         # questions within the length limit are sent ahead; preprocess still validates them all.
@@ -91,8 +103,16 @@ class Ingress:
                 enc.cancel()
             raise
         vector = await self._call(enc or self.encoder.encode.remote(prepared.text), "encoder")
-        req = SearchRequest(query=prepared, vector=tuple(vector), top_k=top_k or self.cfg.search.top_k, mode=mode)
-        return prepared, await self._call(self.search.search.remote(req), "search")
+        top_k = where.top_k or self.cfg.search.top_k
+        # With a reranker, search fetches more candidates and the reranker keeps the best top_k.
+        fetch = max(top_k, self.cfg.reranker.candidates) if self.rerank is not None else top_k
+        req = SearchRequest(query=prepared, vector=tuple(vector), top_k=fetch, mode=where.mode,
+                            collection=where.collection, filter=where.filter)
+        result = await self._call(self.search.search.remote(req), "search")
+        if self.rerank is not None and result.hits:
+            hits = await self._call(self.rerank.rerank.remote(prepared.text, result.hits, top_k), "rerank")
+            result = result.model_copy(update={"hits": hits})
+        return prepared, result
 
     def _sampling(self, f: SamplingFields) -> SamplingParams:
         d = self.cfg.generator.sampling
@@ -158,7 +178,7 @@ class Ingress:
     async def retrieve(self, request: Request) -> RetrieveResponse:
         """Preprocess + encode + search: the passages a question would be answered from."""
         body = await http.read_json(request, RetrieveRequest, self.max_body)
-        prepared, result = await self._retrieve(body.question, body.top_k, body.mode)
+        prepared, result = await self._retrieve(body.question, body)
         return RetrieveResponse(sources=_sources(result.hits), mode=result.mode, query_tokens=list(prepared.tokens))
 
     @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
@@ -183,7 +203,7 @@ class Ingress:
         """Answer a question from retrieved passages, citing them; ``stream`` gives SSE."""
         body = await http.read_json(request, QueryRequest, self.max_body)
         sampling = self._sampling(body)
-        _, result = await self._retrieve(body.question, body.top_k, body.mode)
+        _, result = await self._retrieve(body.question, body)
         g = self.cfg.generator
         gen = GenerationRequest(
             messages=prompt.rag_messages(g.system_prompt, body.question, result.hits, g.passage_chars),
@@ -255,7 +275,7 @@ class Ingress:
         question, history = body.messages[-1].content, tuple(body.messages[:-1])
         hits: tuple[Hit, ...] = ()
         if body.retrieval:
-            hits = (await self._retrieve(question, body.top_k, None))[1].hits
+            hits = (await self._retrieve(question, body))[1].hits
         g = self.cfg.generator
         gen = GenerationRequest(
             messages=prompt.rag_messages(g.system_prompt, question, hits, g.passage_chars, history)
@@ -298,6 +318,55 @@ class Ingress:
                 yield http.sse_error(exc)
 
         return StreamingResponse(guarded(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    # ------------------------------------------------------------------ documents and collections
+    @api.post("/v1/documents", response_model=DocumentsResponse)
+    async def upsert_documents(self, request: Request) -> DocumentsResponse:
+        """Upsert documents: chunked by the encoder's tokenizer, analysed by preprocess, embedded
+        by the encoder and written by search, each document replaced whole."""
+        body = await http.read_json(request, DocumentsRequest, self.max_body)
+        limit = self.cfg.ingest.max_documents_per_request
+        if len(body.documents) > limit:
+            raise PayloadTooLargeError(f"at most {limit} documents per request", param="documents")
+        if len({d.id for d in body.documents}) != len(body.documents):
+            raise InvalidRequestError("document ids must be unique within a request", param="documents")
+        collection = body.collection or self.cfg.search.milvus.collection
+        writer = online.DocumentWriter(self.preprocess, self.encoder, self.search, self._call, self.cfg)
+        results = await writer.upsert(collection, body.documents)
+        return DocumentsResponse(collection=collection, results=results)
+
+    @api.delete("/v1/documents/{doc_id}")
+    async def delete_document(self, doc_id: str, collection: str | None = None) -> dict[str, Any]:
+        """Delete every chunk of a document (404 when it has none)."""
+        _path_param(doc_id, DOC_ID_PATTERN, "doc_id")
+        name = _path_param(collection, COLLECTION_PATTERN, "collection") if collection else None
+        name = name or self.cfg.search.milvus.collection
+        n = await self._call(self.search.delete_document.remote(name, doc_id), "search")
+        if not n:
+            raise NotFoundError(f"document '{doc_id}' is not in collection '{name}'", param="doc_id")
+        return {"id": doc_id, "collection": name, "deleted_chunks": n}
+
+    @api.get("/v1/collections")
+    async def list_collections(self) -> dict[str, Any]:
+        """The ragserve collections with their row counts."""
+        return {"collections": await self._call(self.search.collections.remote(), "search"),
+                "default": self.cfg.search.milvus.collection}
+
+    @api.post("/v1/collections")
+    async def create_collection(self, request: Request) -> JSONResponse:
+        """Create a collection (201), or confirm it exists (200)."""
+        body = await http.read_json(request, CollectionRequest, self.max_body)
+        dim = (await self._call(self.encoder.info.remote(), "encoder"))["dim"]
+        created = await self._call(self.search.create_collection.remote(body.name, dim), "search")
+        return JSONResponse({"name": body.name, "created": created}, status_code=201 if created else 200)
+
+    @api.delete("/v1/collections/{name}")
+    async def drop_collection(self, name: str) -> dict[str, Any]:
+        """Drop a collection and everything in it (404 when missing)."""
+        _path_param(name, COLLECTION_PATTERN, "name")
+        if not await self._call(self.search.drop_collection.remote(name), "search"):
+            raise NotFoundError(f"collection '{name}' does not exist", param="name")
+        return {"name": name, "dropped": True}
 
     # ------------------------------------------------------------------ health
     @api.get("/healthz")

@@ -31,6 +31,8 @@ SD_FILE_NAME = "prom_metrics_service_discovery.json"
 #: The committed config's stand-in for the Ray session directory (Prometheus reads no env vars).
 SD_PLACEHOLDER = f"RAY_SESSION_DIR/{SD_FILE_NAME}"
 STAGES = ("preprocess", "encoder", "search", "generator")  # the `stage` label values = deployment names
+#: Stages deployed only when enabled (no dashboard row or alert generated for them yet).
+OPTIONAL_STAGES = ("rerank",)
 QUANTILES = (0.5, 0.95, 0.99)
 WINDOW = "1m"  # rate window of the rules: four samples at the default 15 s scrape interval
 # p99 alert thresholds (s): bucket bounds of LATENCY_BUCKETS (so the quantile is exact there), about

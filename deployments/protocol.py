@@ -6,9 +6,36 @@ than dicts. Public request models forbid unknown fields so a typo is a 400 namin
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from datetime import date, datetime, timezone
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+#: Document ids: safe in a URL path and in a Milvus string literal, at most 128 characters.
+DOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: Collection names as Milvus allows them.
+COLLECTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+DocId = Annotated[str, StringConstraints(pattern=DOC_ID_PATTERN)]
+CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MAX_TAGS = 32
+
+
+def epoch_seconds(value: int | str | None) -> int:
+    """An ISO 8601 date/datetime (UTC when no zone is given) or epoch seconds, as epoch seconds."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            dt = datetime.combine(date.fromisoformat(value), datetime.min.time())
+        else:
+            dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date or datetime: {value!r}") from None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
 
 
 class _Msg(BaseModel):
@@ -34,6 +61,37 @@ class PreparedQuery(_Msg):
         return " ".join(self.tokens)
 
 
+class Filter(BaseModel):
+    """Metadata filter of a retrieval request: every given condition must hold.
+
+    A typed structure, never an expression: the search stage compiles it into a Milvus
+    expression with every value quoted (``deployments.search.filters``), so request text can
+    never become expression syntax.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    doc_ids: tuple[DocId, ...] | None = Field(None, min_length=1, max_length=256, description="Only these documents.")
+    sources: tuple[Annotated[str, StringConstraints(min_length=1, max_length=2048)], ...] | None = Field(
+        None, min_length=1, max_length=256, description="Only documents with exactly these sources.")
+    source_prefix: str | None = Field(None, min_length=1, max_length=2048, description="Sources starting with this.")
+    tags_any: tuple[Tag, ...] | None = Field(None, min_length=1, max_length=MAX_TAGS, description="At least one tag.")
+    tags_all: tuple[Tag, ...] | None = Field(None, min_length=1, max_length=MAX_TAGS, description="Every tag.")
+    created_after: int | str | None = Field(None, description="created_at >= this (ISO 8601 or epoch seconds).")
+    created_before: int | str | None = Field(None, description="created_at < this.")
+    updated_after: int | str | None = Field(None, description="Ingested (this version) at or after this.")
+    updated_before: int | str | None = Field(None, description="Ingested before this.")
+
+    @field_validator("created_after", "created_before", "updated_after", "updated_before")
+    @classmethod
+    def _time(cls, v: int | str | None) -> int | None:
+        return None if v is None else epoch_seconds(v)
+
+    @field_validator("doc_ids", "sources", "tags_any", "tags_all", mode="before")
+    @classmethod
+    def _list(cls, v: object) -> object:
+        return tuple(v) if isinstance(v, list) else v  # JSON arrays arrive as lists
+
+
 class SearchRequest(_Msg):
     """What the search stage needs: the prepared query, its vector and knobs."""
 
@@ -41,6 +99,8 @@ class SearchRequest(_Msg):
     vector: tuple[float, ...]
     top_k: int
     mode: Literal["hybrid", "dense", "lexical"] | None = None
+    collection: str | None = None
+    filter: Filter | None = None
 
 
 class Hit(_Msg):
@@ -53,6 +113,10 @@ class Hit(_Msg):
     chunk_index: int = Field(description="Position of the chunk in its document.")
     text: str = Field(description="Chunk text.")
     score: float = Field(description="Fused relevance score (higher is better).")
+    tags: tuple[str, ...] = Field((), description="Document tags.")
+    created_at: int = Field(0, description="Document creation time, epoch seconds (0: unknown).")
+    updated_at: int = Field(0, description="When this version of the document was ingested, epoch seconds.")
+    version: str = Field("", description="Hash of the document version the chunk belongs to.")
 
 
 class SearchResult(_Msg):
@@ -112,10 +176,17 @@ class SamplingFields(_Req):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
-class RetrieveRequest(_Req):
-    question: str = Field(description="The question.")
-    top_k: int | None = Field(None, ge=1, description="Passages to return.")
+class RetrievalFields(_Req):
+    """Where and how to retrieve; shared by the retrieval routes."""
+
+    top_k: int | None = Field(None, ge=1, description="Passages to return / put in the prompt.")
     mode: Literal["hybrid", "dense", "lexical"] | None = Field(None, description="Retrieval mode.")
+    collection: CollectionName | None = Field(None, description="Collection to search (default: the configured one).")
+    filter: Filter | None = Field(None, description="Metadata conditions the passages must meet.")
+
+
+class RetrieveRequest(RetrievalFields):
+    question: str = Field(description="The question.")
 
 
 class Source(BaseModel):
@@ -129,6 +200,10 @@ class Source(BaseModel):
     chunk_index: int
     score: float
     text: str
+    tags: list[str] = []
+    created_at: int = 0
+    updated_at: int = 0
+    version: str = ""
 
 
 class RetrieveResponse(BaseModel):
@@ -137,10 +212,8 @@ class RetrieveResponse(BaseModel):
     query_tokens: list[str]
 
 
-class QueryRequest(SamplingFields):
+class QueryRequest(SamplingFields, RetrievalFields):
     question: str = Field(description="The question.")
-    top_k: int | None = Field(None, ge=1, description="Passages put in the prompt.")
-    mode: Literal["hybrid", "dense", "lexical"] | None = Field(None, description="Retrieval mode.")
     stream: bool = Field(False, description="Stream server-sent events.")
 
 
@@ -194,12 +267,49 @@ class GenerateResponse(BaseModel):
     usage: Usage
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, RetrievalFields):
     """OpenAI chat completions; the last user message is the retrieval query."""
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     model: str | None = None
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice is supported.")
-    top_k: int | None = Field(None, ge=1, description="ragserve extension: passages retrieved.")
     retrieval: bool = Field(True, description="ragserve extension: set false to skip retrieval.")
+
+
+# --------------------------------------------------------------------------- documents
+class DocumentIn(_Req):
+    """One document to upsert through ``POST /v1/documents``."""
+
+    id: DocId = Field(description="Stable document id; re-sending it replaces the document.")
+    text: str = Field(min_length=1, description="Full text; it is chunked by the server.")
+    title: str = Field("", max_length=1024)
+    source: str = Field("", max_length=2048, description="Where it came from (default: the id).")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    created_at: int | str | None = Field(None, description="ISO 8601 or epoch seconds.")
+
+    @field_validator("created_at")
+    @classmethod
+    def _time(cls, v: int | str | None) -> int:
+        return epoch_seconds(v)
+
+
+class DocumentsRequest(_Req):
+    collection: CollectionName | None = Field(None, description="Target collection (default: the configured one).")
+    documents: list[DocumentIn] = Field(min_length=1, description="Documents to upsert.")
+
+
+class DocumentResult(BaseModel):
+    id: str
+    status: Literal["added", "updated", "unchanged"]
+    chunks: int
+
+
+class DocumentsResponse(BaseModel):
+    collection: str
+    results: list[DocumentResult]
+
+
+class CollectionRequest(_Req):
+    name: CollectionName = Field(description="New collection's name.")
+

@@ -42,6 +42,24 @@ class Encoder:
         """Embed several texts; they join the same batches as concurrent single calls."""
         return list(await asyncio.gather(*(self.encode(t) for t in texts)))
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """This replica's autoscaling signal (Ray Serve calls it while autoscaling is on).
+
+        Texts waiting in the batch queue: the work the ``queue`` policy scales on. A bulk
+        ``encode_many`` call is one request to Serve but one queued text per input.
+        """
+        from deployments.autoscaling import ENCODER_QUEUED_TEXTS, batch_queue_length
+
+        queued = batch_queue_length(self._batched)
+        return {} if queued is None else {ENCODER_QUEUED_TEXTS: float(queued)}
+
+    async def chunk(self, text: str, max_tokens: int, overlap_tokens: int) -> list[str]:
+        """Cut a document into chunks measured with this model's own tokenizer."""
+        from deployments.ingest.chunking import chunk_text
+
+        # Not a stage_call: the stage latency metrics are the query path's (their alerts assume it).
+        return [c.text for c in chunk_text(text, max_tokens, overlap_tokens, self.embedder.count_tokens)]
+
     async def info(self) -> dict[str, int | str]:
         """Model name and vector dimension (for /v1/embeddings and the search schema)."""
         return {"model": self.embedder.name, "dim": self.dim}

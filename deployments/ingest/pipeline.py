@@ -1,26 +1,36 @@
-"""Ingest files into the chunk collection, idempotently.
+"""Documents → chunk rows → Milvus, idempotently; shared by every way documents get in.
 
-Ids are stable: a document's id is a hash of its source name, a chunk's id a hash of
-(document id, position, content). Re-ingesting an unchanged file therefore finds exactly its
-stored ids and writes nothing; a changed file has its new chunks upserted first and its stale
-chunks deleted after, so a reader never finds the document missing.
+The same functions serve ``ragserve ingest`` in one process, the Ray Data bulk pipeline
+(:mod:`deployments.ingest.bulk`) and ``POST /v1/documents`` (through the stage deployments):
+
+1. :func:`plan` chunks a document and derives its ids: chunk ids are positional (document id +
+   chunk index), each chunk has a content hash, and the document *version* hashes its metadata
+   and every chunk hash.
+2. :func:`is_unchanged` compares the plan with what is stored: an unchanged document is skipped
+   before any embedding is spent on it, and nothing is written.
+3. :func:`rows` adds the lexical tokens and vectors; ``ChunkStore.replace_document`` writes the
+   version in one request (see there for why a reader never sees two versions mixed).
+
+A crashed run re-run converges: each document is written whole or not at all, written ones
+are found unchanged, and tombstones of an interrupted replacement are purged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from deployments.config import IngestConfig, PreprocessConfig
 from deployments.ingest.chunking import chunk_text
+from deployments.ingest.parsers import BadFile, Document, parse_file
 from deployments.preprocess.text import document_lexical, normalize
 
 log = logging.getLogger(__name__)
-TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 
 
 class Embeds(Protocol):
@@ -31,26 +41,77 @@ class Embeds(Protocol):
 
 
 @dataclass(frozen=True)
-class Document:
-    """A parsed document: ``source`` names it stably (its id derives from it)."""
-
-    source: str
-    title: str
-    text: str
-
-    @property
-    def doc_id(self) -> str:
-        return hashlib.sha256(self.source.encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True)
 class FileReport:
-    """What happened to one file."""
+    """What happened to one document (or to a file that gave none)."""
 
     source: str
     status: Literal["added", "updated", "unchanged", "skipped"]
     chunks: int = 0
     reason: str = ""
+    doc_id: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A document cut into chunks, with its ids and version, before embedding."""
+
+    doc: Document
+    chunk_ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    hashes: tuple[str, ...]
+    version: str
+
+
+def _h(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()[:32]
+
+
+def chunk_id(doc_id: str, index: int) -> str:
+    """Positional chunk id: the same slot of the same document always has the same id."""
+    return _h(f"{doc_id}:{index}")
+
+
+def plan(doc: Document, count_tokens: Callable[[str], int], icfg: IngestConfig, pcfg: PreprocessConfig) -> Plan:
+    """Chunk ``doc`` (token-bounded, with overlap) and derive its chunk ids and version."""
+    chunks = chunk_text(doc.text, icfg.chunk_tokens, icfg.chunk_overlap_tokens, count_tokens)
+    return plan_chunks(doc, [c.text for c in chunks], pcfg)
+
+
+def plan_chunks(doc: Document, chunks: list[str], pcfg: PreprocessConfig) -> Plan:
+    """The :class:`Plan` of a document already cut into ``chunks``."""
+    texts = tuple(normalize(c, pcfg.unicode_form) for c in chunks)
+    hashes = tuple(_h(t) for t in texts)
+    # created_at is left out on purpose: a file touched but not changed is not a new version.
+    version = _h("\x1f".join([doc.source, doc.title, ",".join(doc.tags), *hashes]))
+    return Plan(doc, tuple(chunk_id(doc.doc_id, i) for i in range(len(texts))), texts, hashes, version)
+
+
+def is_unchanged(p: Plan, stored: dict[str, str]) -> bool:
+    """Whether the stored ``{chunk id: version}`` is exactly this plan's version."""
+    return set(stored) == set(p.chunk_ids) and all(v == p.version for v in stored.values())
+
+
+def rows(p: Plan, vectors: list[list[float]], lexical: list[str], now: int | None = None) -> list[dict[str, Any]]:
+    """Milvus rows of a planned document, given its chunks' vectors and lexical strings."""
+    d, now = p.doc, now or int(time.time())
+    return [
+        {"id": cid, "doc_id": d.doc_id, "source": d.source, "title": d.title, "chunk_index": i,
+         "content_hash": h, "doc_hash": p.version, "tags": list(d.tags), "created_at": d.created_at,
+         "updated_at": now, "live": True, "text": t, "lexical": lex, "dense": v}
+        for i, (cid, t, h, v, lex) in enumerate(zip(p.chunk_ids, p.texts, p.hashes, vectors, lexical, strict=True))
+    ]
+
+
+def ingest_document(doc: Document, store: Any, embedder: Embeds, icfg: IngestConfig,
+                    pcfg: PreprocessConfig) -> FileReport:
+    """Write one document's chunks, replacing any older version of it (in-process path)."""
+    p = plan(doc, embedder.count_tokens, icfg, pcfg)
+    stored = store.document_state(doc.doc_id)
+    if is_unchanged(p, stored):
+        return FileReport(doc.source, "unchanged", len(p.texts), doc_id=doc.doc_id)
+    vectors = embedder.embed(list(p.texts), batch_size=icfg.embed_batch_size)
+    store.replace_document(doc.doc_id, rows(p, vectors, [document_lexical(t, pcfg) for t in p.texts]), stored)
+    return FileReport(doc.source, "updated" if stored else "added", len(p.texts), doc_id=doc.doc_id)
 
 
 def discover(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str]]:
@@ -65,70 +126,24 @@ def discover(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str]]:
             yield p, p.name
 
 
-def read_document(path: Path, source: str, cfg: IngestConfig) -> Document:
-    """Read a text/markdown file; the title is its first ``# `` heading or its file name.
-
-    Raises:
-        ValueError: unsupported type, too large, empty, or not UTF-8 (the reason is reported).
-    """
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        raise ValueError(f"unsupported file type {path.suffix or '(none)'}")
-    size = path.stat().st_size
-    if size > cfg.max_file_bytes:
-        raise ValueError(f"file is {size} bytes; the limit is {cfg.max_file_bytes}")
+def parse_reports(path: Path, source: str, icfg: IngestConfig) -> tuple[list[Document], list[FileReport]]:
+    """Parse one file; a bad file (or .jsonl line) becomes a ``skipped`` report, never an exception."""
     try:
-        raw = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    text = raw.replace("\r\n", "\n").strip()
-    if not text or "\x00" in text:
-        raise ValueError("empty file" if not text else "binary content")
-    first, _, rest = text.partition("\n")
-    if first.startswith("# ") and rest.strip():
-        # The heading becomes the title (stored and shown with every chunk), not chunk text.
-        return Document(source=source, title=first[2:].strip(), text=rest.strip())
-    return Document(source=source, title=path.stem, text=text)
-
-
-def chunk_rows(doc: Document, embedder: Embeds, icfg: IngestConfig, pcfg: PreprocessConfig) -> list[dict[str, Any]]:
-    """Chunk, analyse and embed one document into Milvus rows."""
-    chunks = chunk_text(doc.text, icfg.chunk_tokens, icfg.chunk_overlap_tokens, embedder.count_tokens)
-    texts = [normalize(c.text, pcfg.unicode_form) for c in chunks]
-    vectors = embedder.embed(texts, batch_size=icfg.embed_batch_size)
-    rows = []
-    for c, t, v in zip(chunks, texts, vectors, strict=True):
-        content_hash = hashlib.sha256(t.encode()).hexdigest()[:32]
-        rows.append({
-            "id": hashlib.sha256(f"{doc.doc_id}:{c.index}:{content_hash}".encode()).hexdigest()[:32],
-            "doc_id": doc.doc_id, "source": doc.source, "title": doc.title, "chunk_index": c.index,
-            "content_hash": content_hash, "text": t, "lexical": document_lexical(t, pcfg), "dense": v,
-        })
-    return rows
-
-
-def ingest_document(doc: Document, store: Any, embedder: Embeds, icfg: IngestConfig,
-                    pcfg: PreprocessConfig) -> FileReport:
-    """Write one document's chunks, replacing any older version of it."""
-    rows = chunk_rows(doc, embedder, icfg, pcfg)
-    old = store.chunk_ids(doc.doc_id)
-    new = {r["id"] for r in rows}
-    if old == new:
-        return FileReport(doc.source, "unchanged", len(rows))
-    store.upsert([r for r in rows if r["id"] not in old])
-    store.delete_ids(sorted(old - new))
-    return FileReport(doc.source, "updated" if old else "added", len(rows))
+        parsed = parse_file(path, source, icfg)
+    except (BadFile, OSError) as e:
+        return [], [FileReport(source, "skipped", reason=str(e))]
+    return parsed.documents, [FileReport(source, "skipped", reason=p) for p in parsed.problems]
 
 
 def ingest_paths(paths: Iterable[str | Path], store: Any, embedder: Embeds, icfg: IngestConfig,
                  pcfg: PreprocessConfig) -> list[FileReport]:
-    """Ingest every file under ``paths``; a bad file is reported and skipped, the rest go in."""
-    reports = []
+    """Ingest every file under ``paths`` in this process; bad files are reported and skipped."""
+    store.purge_tombstones()
+    reports: list[FileReport] = []
     for path, source in discover(paths):
-        try:
-            doc = read_document(path, source, icfg)
-        except (ValueError, OSError) as e:
-            reports.append(FileReport(source, "skipped", reason=str(e)))
-            continue
-        reports.append(ingest_document(doc, store, embedder, icfg, pcfg))
-        log.info("%s: %s (%d chunks)", source, reports[-1].status, reports[-1].chunks)
+        docs, bad = parse_reports(path, source, icfg)
+        reports.extend(bad)
+        for doc in docs:
+            reports.append(ingest_document(doc, store, embedder, icfg, pcfg))
+            log.info("%s: %s (%d chunks)", doc.source, reports[-1].status, reports[-1].chunks)
     return reports

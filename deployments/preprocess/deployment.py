@@ -26,3 +26,8 @@ class Preprocessor:
         """
         with metrics.stage_call("preprocess"):
             return text.prepare_query(question, self.cfg)
+
+    async def analyze(self, texts: list[str]) -> list[str]:
+        """The ``lexical`` field of document chunks: the same tokenisation as questions get."""
+        # Not a stage_call: the stage latency metrics are the query path's (their alerts assume it).
+        return [text.document_lexical(t, self.cfg) for t in texts]

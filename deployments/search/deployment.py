@@ -1,4 +1,4 @@
-"""The search deployment: owns a pymilvus client and answers typed search requests."""
+"""The search deployment: owns a pymilvus client; searches and writes chunk collections."""
 
 from __future__ import annotations
 
@@ -6,85 +6,152 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ray import serve
 
 from deployments import metrics
 from deployments.config import SearchConfig
-from deployments.errors import DependencyUnavailableError, InvalidRequestError
+from deployments.errors import DependencyUnavailableError, InvalidRequestError, NotFoundError
 from deployments.protocol import SearchRequest, SearchResult
-from deployments.search.store import ChunkStore, connect
+from deployments.search.store import ChunkStore, connect, list_collections
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @serve.deployment(name="search")
 class Searcher:
-    """Hybrid retrieval over one Milvus collection.
+    """Hybrid retrieval over Milvus collections, and the writes of ``/v1/documents``.
 
     The client is opened lazily and re-opened after a failure, so a replica starts (and stays
     healthy) while Milvus is down: requests then fail fast with 503 instead of the replica
-    crash-looping, and recover by themselves once Milvus is back.
+    crash-looping, and recover by themselves once Milvus is back. One client serves every
+    collection; a :class:`ChunkStore` per collection is kept once its collection is loaded.
     """
 
     def __init__(self, cfg: SearchConfig) -> None:
         self.cfg = cfg
-        self._store: ChunkStore | None = None
+        self._client: Any = None
+        self._stores: dict[str, ChunkStore] = {}
         self._lock = threading.Lock()  # pymilvus is blocking: calls run in worker threads
 
-    def _get_store(self, dim: int) -> ChunkStore:
+    # ------------------------------------------------------------------ plumbing
+    def _store(self, collection: str | None, dim: int = 0, create: bool | None = None) -> ChunkStore:
+        """The loaded store of ``collection``. Only the default collection is created on first
+        use (so a fresh deployment answers with no hits); others must be created explicitly."""
+        name = collection or self.cfg.milvus.collection
         with self._lock:
-            if self._store is None or self._store.dim != dim:
-                # Reuse the open client if any (a readiness check may have opened it).
-                client = self._store.client if self._store is not None else connect(self.cfg.milvus)
-                store = ChunkStore(client, self.cfg, dim)
-                store.ensure_collection()
-                self._store = store
-            return self._store
+            store = self._stores.get(name)
+            if store is None or (dim and store.dim != dim):
+                if self._client is None:
+                    self._client = connect(self.cfg.milvus)
+                store = ChunkStore(self._client, self.cfg, dim, name)
+                store.ensure_collection(create=name == self.cfg.milvus.collection if create is None else create)
+                self._stores[name] = store
+            return store
 
-    def _forget_store(self) -> None:
-        with self._lock:
-            self._store = None  # reconnect on the next call
-
-    def _search_blocking(self, req: SearchRequest, mode: str) -> SearchResult:
-        store = self._get_store(len(req.vector))
+    async def _run(self, op: str, fn: Callable[[], T]) -> T:
+        """Run a blocking Milvus call in a thread; forget the client when Milvus is unreachable."""
         start = time.perf_counter()
         try:
-            hits = store.search(req.vector, req.query.lexical_text, req.top_k, mode)
+            return await asyncio.to_thread(fn)
         except DependencyUnavailableError:
-            self._forget_store()
+            with self._lock:
+                self._client, self._stores = None, {}  # reconnect on the next call
+            raise
+        except NotFoundError:
+            with self._lock:
+                self._stores = {}  # a collection was dropped: look again on the next call
             raise
         finally:
-            metrics.observe("rag_search_milvus_seconds", time.perf_counter() - start, op="search")
-        return SearchResult(hits=tuple(hits), mode=mode)  # type: ignore[arg-type]
+            metrics.observe("rag_search_milvus_seconds", time.perf_counter() - start, op=op)
 
+    # ------------------------------------------------------------------ search
     async def search(self, req: SearchRequest) -> SearchResult:
-        """Return the ``top_k`` best chunks for a prepared query and its vector.
+        """Return the ``top_k`` best live chunks of a collection for a prepared query and its vector.
 
         Raises:
             InvalidRequestError: ``top_k`` above the configured ``max_top_k``.
+            NotFoundError: the named collection does not exist.
             DependencyUnavailableError / DependencyTimeoutError: Milvus is down or slow.
         """
         with metrics.stage_call("search"):
             if req.top_k > self.cfg.max_top_k:
                 raise InvalidRequestError(f"top_k must be <= {self.cfg.max_top_k}", param="top_k")
             mode = req.mode or self.cfg.mode
-            result = await asyncio.to_thread(self._search_blocking, req, mode)
+
+            def run() -> SearchResult:
+                store = self._store(req.collection, len(req.vector))
+                hits = store.search(req.vector, req.query.lexical_text, req.top_k, mode, req.filter)
+                return SearchResult(hits=tuple(hits), mode=mode)  # type: ignore[arg-type]
+
+            result = await self._run("search", run)
             metrics.observe("rag_search_hits", len(result.hits), mode=mode)
             return result
 
-    async def ready(self) -> dict[str, int | str]:
-        """Whether Milvus answers: the collection's name and row count (for /readyz)."""
-        def _rows() -> int:
-            with self._lock:
-                if self._store is None:
-                    # The vector size is learnt from the first search; counting does not need it.
-                    self._store = ChunkStore(connect(self.cfg.milvus), self.cfg, dim=0)
-                store = self._store
-            try:
-                return store.stored_rows()
-            except DependencyUnavailableError:
-                self._forget_store()
-                raise
+    # ------------------------------------------------------------------ documents
+    async def document_state(self, collection: str | None, doc_id: str) -> dict[str, str]:
+        """``{chunk id: version}`` of a stored document (empty when absent)."""
+        return await self._run("query", lambda: self._store(collection, create=False).document_state(doc_id))
 
-        return {"collection": self.cfg.milvus.collection, "rows": await asyncio.to_thread(_rows)}
+    async def replace_document(self, collection: str | None, doc_id: str, rows: list[dict[str, Any]],
+                               old_ids: list[str]) -> None:
+        """Write a document version in one request (see ``ChunkStore.replace_document``)."""
+        dim = len(rows[0]["dense"]) if rows else 0
+        await self._run("upsert", lambda: self._store(collection, dim, create=False).replace_document(
+            doc_id, rows, old_ids))
+
+    async def delete_document(self, collection: str | None, doc_id: str) -> int:
+        """Delete a document's chunks; returns how many were deleted."""
+        return await self._run("delete", lambda: self._store(collection, create=False).delete_document(doc_id))
+
+    # ------------------------------------------------------------------ collections
+    async def collections(self) -> list[dict[str, Any]]:
+        """Every ragserve collection with its row count."""
+        def run() -> list[dict[str, Any]]:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.cfg.milvus)
+                client = self._client
+            return list_collections(client, self.cfg.milvus.timeout_s)
+
+        return await self._run("list", run)
+
+    async def create_collection(self, name: str, dim: int) -> bool:
+        """Create (and load) a collection; returns False when it already existed."""
+        def run() -> bool:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.cfg.milvus)
+                store = ChunkStore(self._client, self.cfg, dim, name)
+            created = store.ensure_collection(create=True)
+            with self._lock:
+                self._stores[name] = store
+            return created
+
+        return await self._run("create", run)
+
+    async def drop_collection(self, name: str) -> bool:
+        """Drop a collection; returns False when there was none."""
+        def run() -> bool:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.cfg.milvus)
+                self._stores.pop(name, None)
+                client = self._client
+            return ChunkStore(client, self.cfg, 0, name).drop()
+
+        return await self._run("drop", run)
+
+    async def ready(self) -> dict[str, int | str]:
+        """Whether Milvus answers: the default collection's name and row count (for /readyz)."""
+        def rows() -> int:
+            with self._lock:
+                if self._client is None:
+                    self._client = connect(self.cfg.milvus)
+                client = self._client
+            return ChunkStore(client, self.cfg, 0).stored_rows()
+
+        return {"collection": self.cfg.milvus.collection, "rows": await self._run("stats", rows)}

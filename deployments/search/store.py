@@ -14,18 +14,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from deployments.config import MilvusConfig, SearchConfig, env
-from deployments.errors import DependencyTimeoutError, DependencyUnavailableError
-from deployments.protocol import Hit
+from deployments.errors import ConflictError, DependencyTimeoutError, DependencyUnavailableError, NotFoundError
+from deployments.protocol import Filter, Hit
+from deployments.search.filters import LIVE, compile_filter, quote
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FIELDS = ["id", "doc_id", "source", "title", "chunk_index", "text"]
+OUTPUT_FIELDS = ["id", "doc_id", "source", "title", "chunk_index", "text", "tags", "created_at", "updated_at",
+                 "doc_hash"]
 _VARCHAR_MAX = 65535
+#: Fields a collection must have to be a ragserve chunk collection of this version (checked
+#: by name: milvus-lite does not keep a collection's description).
+REQUIRED_FIELDS = frozenset({"id", "doc_id", "doc_hash", "live", "tags", "created_at", "updated_at", "text",
+                             "lexical", "sparse", "dense"})
 
 
 @contextmanager
@@ -39,6 +45,8 @@ def milvus_errors(what: str, timeout_s: float) -> Iterator[None]:
     except MilvusException as e:
         elapsed = time.monotonic() - start
         msg = f"Milvus {what} failed: {e.message if hasattr(e, 'message') else e}"
+        if "collection not found" in str(e).lower():  # dropped meanwhile (e.g. by another replica)
+            raise NotFoundError(f"collection not found ({what})", param="collection") from None
         if "deadline" in str(e).lower() or elapsed >= timeout_s * 0.95:
             raise DependencyTimeoutError(f"Milvus {what} timed out after {elapsed:.1f}s") from None
         raise DependencyUnavailableError(msg) from None
@@ -50,39 +58,89 @@ def connect(cfg: MilvusConfig) -> Any:
     """Open a ``MilvusClient`` (embedded Lite for a .db path, else a server URI)."""
     from pymilvus import MilvusClient
 
+    from pymilvus.exceptions import MilvusException
+
     token = env("RAGSERVE_MILVUS_TOKEN") or ""
+    deadline = time.monotonic() + cfg.timeout_s
     with milvus_errors("connect", cfg.timeout_s):
-        return MilvusClient(uri=cfg.uri, token=token, db_name=cfg.db_name, timeout=cfg.timeout_s)
+        while True:
+            try:
+                return MilvusClient(uri=cfg.uri, token=token, db_name=cfg.db_name, timeout=cfg.timeout_s)
+            except MilvusException:
+                # A server that just sent this process's shared channel a GOAWAY (milvus-lite does,
+                # for pymilvus's keepalive pings) refuses the first attempt; the next one connects.
+                if time.monotonic() + 0.5 > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 class ChunkStore:
-    """Typed access to one chunk collection."""
+    """Typed access to one chunk collection.
 
-    def __init__(self, client: Any, cfg: SearchConfig, dim: int) -> None:
+    Args:
+        client: an open ``MilvusClient``.
+        cfg: the search config (index type, fusion, timeouts).
+        dim: the dense vector size (the encoder's).
+        name: the collection (default ``cfg.milvus.collection``).
+    """
+
+    def __init__(self, client: Any, cfg: SearchConfig, dim: int, name: str | None = None) -> None:
         self.client = client
         self.cfg = cfg
-        self.name = cfg.milvus.collection
+        self.name = name or cfg.milvus.collection
         self.timeout = cfg.milvus.timeout_s
         self.dim = dim
 
     # ------------------------------------------------------------------ schema
-    def ensure_collection(self) -> None:
-        """Create the collection and its indexes if missing, then load it."""
+    def exists(self) -> bool:
+        with milvus_errors("has_collection", self.timeout):
+            return bool(self.client.has_collection(self.name, timeout=self.timeout))
+
+    def ensure_collection(self, create: bool = True) -> bool:
+        """Load the collection, creating it (and its indexes) first if missing and ``create``.
+
+        Returns whether it was created. Raises NotFoundError when it is missing and not
+        ``create``, ConflictError when it exists with another schema (made by an older ragserve).
+        """
         with milvus_errors("create collection", self.timeout):
+            created = False
             if not self.client.has_collection(self.name, timeout=self.timeout):
+                if not create:
+                    raise NotFoundError(f"collection '{self.name}' does not exist", param="collection")
                 self._create()
+                created = True
+            else:
+                self._check_schema()
             self.client.load_collection(self.name, timeout=self.timeout)
+        return created
+
+    def _check_schema(self) -> None:
+        desc = self.client.describe_collection(self.name, timeout=self.timeout)
+        missing = REQUIRED_FIELDS - {f.get("name") for f in desc.get("fields", [])}
+        if missing:
+            raise ConflictError(
+                f"collection '{self.name}' was not made by this ragserve version (no field "
+                f"{', '.join(sorted(missing))}); drop it and ingest again", param="collection",
+            )
+        dims = [f.get("params", {}).get("dim") for f in desc.get("fields", []) if f.get("name") == "dense"]
+        if self.dim and dims and int(dims[0]) != self.dim:
+            raise ConflictError(f"collection '{self.name}' holds {dims[0]}-d vectors; the encoder makes {self.dim}-d")
 
     def _create(self) -> None:
         from pymilvus import DataType, Function, FunctionType, MilvusClient
 
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=128)
         schema.add_field("source", DataType.VARCHAR, max_length=2048)
         schema.add_field("title", DataType.VARCHAR, max_length=1024)
         schema.add_field("chunk_index", DataType.INT64)
         schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("doc_hash", DataType.VARCHAR, max_length=64)
+        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=32, max_length=64)
+        schema.add_field("created_at", DataType.INT64)
+        schema.add_field("updated_at", DataType.INT64)
+        schema.add_field("live", DataType.BOOL)
         schema.add_field("text", DataType.VARCHAR, max_length=_VARCHAR_MAX)
         schema.add_field(
             "lexical",
@@ -111,31 +169,85 @@ class ChunkStore:
         self.client.create_collection(self.name, schema=schema, index_params=index, timeout=self.timeout)
         log.info("created collection %s (dim=%d, %s)", self.name, self.dim, self.cfg.index_type)
 
-    # ------------------------------------------------------------------ writes
-    def upsert(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Upsert chunk rows (``id, doc_id, source, title, chunk_index, content_hash, text,
-        lexical, dense``) and flush so they are searchable at full speed."""
-        if not rows:
-            return 0
-        with milvus_errors("upsert", self.timeout):
-            self.client.upsert(self.name, list(rows), timeout=self.timeout)
-            self.client.flush(self.name, timeout=self.timeout)
-        return len(rows)
+    def drop(self) -> bool:
+        """Drop the collection; returns whether it existed."""
+        with milvus_errors("drop collection", self.timeout):
+            if not self.client.has_collection(self.name, timeout=self.timeout):
+                return False
+            self.client.drop_collection(self.name, timeout=self.timeout)
+        return True
 
-    def chunk_ids(self, doc_id: str) -> set[str]:
-        """Ids of the chunks currently stored for a document."""
+    # ------------------------------------------------------------------ documents
+    def document_state(self, doc_id: str) -> dict[str, str]:
+        """``{chunk id: document version}`` of a document's live chunks (empty: not stored)."""
         with milvus_errors("query", self.timeout):
             rows = self.client.query(
-                self.name, filter=f"doc_id == {quote(doc_id)}", output_fields=["id"], timeout=self.timeout
+                self.name, filter=f"doc_id == {quote(doc_id)} and {LIVE}", output_fields=["id", "doc_hash"],
+                timeout=self.timeout,
             )
-        return {r["id"] for r in rows}
+        return {r["id"]: r["doc_hash"] for r in rows}
 
-    def delete_ids(self, ids: Sequence[str]) -> None:
-        if not ids:
+    def document_states(self, doc_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """:meth:`document_state` of several documents in one query."""
+        if not doc_ids:
+            return {}
+        out: dict[str, dict[str, str]] = {}
+        with milvus_errors("query", self.timeout):
+            rows = self.client.query(
+                self.name, filter=f"doc_id in [{', '.join(quote(d) for d in doc_ids)}] and {LIVE}",
+                output_fields=["id", "doc_id", "doc_hash"], timeout=self.timeout,
+            )
+        for r in rows:
+            out.setdefault(r["doc_id"], {})[r["id"]] = r["doc_hash"]
+        return out
+
+    def replace_document(self, doc_id: str, rows: Sequence[dict[str, Any]], old_ids: Iterable[str]) -> None:
+        """Make ``rows`` the document's chunks, replacing ``old_ids``, in ONE upsert request.
+
+        Chunk ids are positional (document id + chunk index), so the new version overwrites the
+        old one id by id; chunks the new version no longer has are overwritten in the same request
+        by *tombstones* (``live == false``, hidden by every search's filter). Milvus applies one
+        request's rows at one timestamp, so a search sees the old version or the new one, never
+        a mix and never neither (tested in tests/integration/test_documents.py). The tombstones
+        are then deleted; if that is interrupted, they stay hidden and the next write of the
+        document (or :meth:`purge_tombstones`) removes them.
+        """
+        self.replace_documents([(doc_id, rows, old_ids)])
+
+    def replace_documents(self, docs: Sequence[tuple[str, Sequence[dict[str, Any]], Iterable[str]]]) -> None:
+        """:meth:`replace_document` for several ``(doc_id, rows, old_ids)`` in one upsert request."""
+        if not docs:
             return
-        with milvus_errors("delete", self.timeout):
-            self.client.delete(self.name, ids=list(ids), timeout=self.timeout)
+        now = int(time.time())
+        batch: list[dict[str, Any]] = []
+        for doc_id, rows, old_ids in docs:
+            new_ids = {r["id"] for r in rows}
+            batch += [*rows, *(self._tombstone(i, doc_id, now) for i in sorted(set(old_ids) - new_ids))]
+        ids = ", ".join(quote(d) for d, _, _ in docs)
+        with milvus_errors("upsert", self.timeout):
+            self.client.upsert(self.name, batch, timeout=self.timeout)
+            self.client.delete(self.name, filter=f"doc_id in [{ids}] and live == false", timeout=self.timeout)
             self.client.flush(self.name, timeout=self.timeout)
+
+    def _tombstone(self, chunk_id: str, doc_id: str, now: int) -> dict[str, Any]:
+        return {"id": chunk_id, "doc_id": doc_id, "source": "", "title": "", "chunk_index": -1, "content_hash": "",
+                "doc_hash": "", "tags": [], "created_at": 0, "updated_at": now, "live": False, "text": "",
+                "lexical": "", "dense": [0.0] * self.dim}
+
+    def delete_document(self, doc_id: str) -> int:
+        """Delete every chunk of a document (one request); returns how many there were."""
+        with milvus_errors("delete", self.timeout):
+            n = len(self.client.query(self.name, filter=f"doc_id == {quote(doc_id)}", output_fields=["id"],
+                                      timeout=self.timeout))
+            if n:
+                self.client.delete(self.name, filter=f"doc_id == {quote(doc_id)}", timeout=self.timeout)
+                self.client.flush(self.name, timeout=self.timeout)
+        return n
+
+    def purge_tombstones(self) -> None:
+        """Delete tombstones an interrupted write left behind (they are already invisible)."""
+        with milvus_errors("delete", self.timeout):
+            self.client.delete(self.name, filter="live == false", timeout=self.timeout)
 
     def stored_rows(self) -> int:
         """Rows Milvus reports for the collection (0 before it exists); no load needed."""
@@ -146,39 +258,43 @@ class ChunkStore:
         return int(stats.get("row_count", 0))
 
     def count(self) -> int:
+        """Live chunks in the collection."""
         with milvus_errors("count", self.timeout):
-            res = self.client.query(self.name, filter="", output_fields=["count(*)"], timeout=self.timeout)
+            res = self.client.query(self.name, filter=LIVE, output_fields=["count(*)"], timeout=self.timeout)
         return int(res[0]["count(*)"])
 
     # ------------------------------------------------------------------ search
-    def search(self, vector: Sequence[float], lexical: str, top_k: int, mode: str) -> list[Hit]:
-        """Dense, lexical (BM25) or hybrid (fused) search; returns hits best first."""
+    def search(self, vector: Sequence[float], lexical: str, top_k: int, mode: str,
+               flt: Filter | None = None) -> list[Hit]:
+        """Dense, lexical (BM25) or hybrid (fused) search over live chunks matching ``flt``;
+        returns hits best first."""
         if mode == "lexical" and not lexical.strip():
             return []  # nothing left after stopwords: BM25 has nothing to match
         if mode == "hybrid" and not lexical.strip():
             mode = "dense"
+        expr = compile_filter(flt)
         with milvus_errors("search", self.timeout):
             if mode == "dense":
                 res = self.client.search(
-                    self.name, data=[list(vector)], anns_field="dense", limit=top_k,
+                    self.name, data=[list(vector)], anns_field="dense", limit=top_k, filter=expr,
                     search_params={"metric_type": "IP"}, output_fields=OUTPUT_FIELDS, timeout=self.timeout,
                 )
             elif mode == "lexical":
                 res = self.client.search(
-                    self.name, data=[lexical], anns_field="sparse", limit=top_k,
+                    self.name, data=[lexical], anns_field="sparse", limit=top_k, filter=expr,
                     search_params={"metric_type": "BM25"}, output_fields=OUTPUT_FIELDS, timeout=self.timeout,
                 )
             else:
-                res = self._hybrid(vector, lexical, top_k)
+                res = self._hybrid(vector, lexical, top_k, expr)
         return [_to_hit(h) for h in res[0]] if res else []
 
-    def _hybrid(self, vector: Sequence[float], lexical: str, top_k: int) -> Any:
+    def _hybrid(self, vector: Sequence[float], lexical: str, top_k: int, expr: str) -> Any:
         from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
         n = max(self.cfg.candidates, top_k)
         reqs = [
-            AnnSearchRequest([list(vector)], "dense", {"metric_type": "IP"}, limit=n),
-            AnnSearchRequest([lexical], "sparse", {"metric_type": "BM25"}, limit=n),
+            AnnSearchRequest([list(vector)], "dense", {"metric_type": "IP"}, limit=n, expr=expr),
+            AnnSearchRequest([lexical], "sparse", {"metric_type": "BM25"}, limit=n, expr=expr),
         ]
         if self.cfg.ranker == "rrf":
             ranker = RRFRanker(self.cfg.rrf_k)
@@ -189,12 +305,16 @@ class ChunkStore:
         )
 
 
-def quote(value: str) -> str:
-    """A Milvus string literal for ``value``: never splice raw text into a filter expression.
-
-    (milvus-lite does not support ``filter_params`` templates, so escaping is done here.)
-    """
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def list_collections(client: Any, timeout: float) -> list[dict[str, Any]]:
+    """Every ragserve collection on the server with its live row count."""
+    out = []
+    with milvus_errors("list collections", timeout):
+        for name in sorted(client.list_collections(timeout=timeout)):
+            desc = client.describe_collection(name, timeout=timeout)
+            if REQUIRED_FIELDS <= {f.get("name") for f in desc.get("fields", [])}:
+                stats = client.get_collection_stats(name, timeout=timeout)
+                out.append({"name": name, "rows": int(stats.get("row_count", 0))})
+    return out
 
 
 def _to_hit(h: Any) -> Hit:
@@ -207,4 +327,8 @@ def _to_hit(h: Any) -> Hit:
         chunk_index=int(e["chunk_index"]),
         text=e["text"],
         score=float(h["distance"]),
+        tags=tuple(e.get("tags") or ()),
+        created_at=int(e.get("created_at") or 0),
+        updated_at=int(e.get("updated_at") or 0),
+        version=e.get("doc_hash", ""),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.search.store import quote
+from deployments.search.filters import quote
 
 
 def _parse_literal(expr: str) -> tuple[str, str]:

@@ -1,0 +1,135 @@
+"""Bulk ingestion as a Ray Data pipeline: read → parse → chunk + embed (actor pool) → write.
+
+    files ──parse (tasks)──▶ documents ──Embed (actor pool: chunk, skip unchanged, embed,
+    analyse)──▶ rows ──Write (actors: one upsert per batch of documents)──▶ reports
+
+The unit flowing through the pipeline is a *document* with all its chunks, so each document is
+written whole in one request (the atomic-replace guarantee of ``ChunkStore.replace_document``)
+however the pipeline is split across a cluster. Unchanged documents are found before embedding
+and cost one Milvus query, which is also what makes an interrupted run cheap to resume: the
+re-run skips what was written and completes the rest, and purges tombstones first.
+
+It runs on whatever Ray cluster the process is connected to (a local one by default), so the
+same command scales out by joining a bigger cluster (``ragserve ingest --address ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployments.config import AppConfig
+from deployments.ingest import pipeline
+from deployments.ingest.parsers import Document
+from deployments.ingest.pipeline import FileReport
+
+log = logging.getLogger(__name__)
+#: Parsing is light; a whole CPU per parse task would leave none for the embedding actors on a
+#: small machine (with 2 CPUs, one embedding actor + one writer + one 1-CPU parse task deadlock).
+PARSE_CPUS = 0.25
+
+
+# Rows between the stages carry opaque payloads: a document or report as JSON text, a write as
+# pickled bytes. Arrow would otherwise re-type nested values (an int next to a null becomes a
+# float, which Milvus then rejects for an INT64 field).
+def _json(obj: Any) -> str:
+    return json.dumps(asdict(obj), ensure_ascii=False)
+
+
+def _parse(row: dict[str, Any], cfg: AppConfig) -> list[dict[str, Any]]:
+    """One file → one row per document, or one row per problem (status ``skipped``)."""
+    docs, bad = pipeline.parse_reports(Path(row["path"]), row["source"], cfg.ingest)
+    return [{"doc": _json(d), "report": ""} for d in docs] + [{"doc": "", "report": _json(r)} for r in bad]
+
+
+class Embed:
+    """Actor: chunk each document, drop the unchanged ones, embed and analyse the rest."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        from deployments.encoder.model import Embedder
+        from deployments.preprocess import text
+        from deployments.search.store import ChunkStore, connect
+
+        self.cfg = cfg
+        self.embedder = Embedder(cfg.encoder)
+        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, self.embedder.dim)
+        text.warm_up()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from deployments.preprocess.text import document_lexical
+
+        icfg, pcfg = self.cfg.ingest, self.cfg.preprocess
+        docs = [Document(**{**d, "tags": tuple(d["tags"])}) for d in map(json.loads, filter(None, batch["doc"]))]
+        plans = [pipeline.plan(d, self.embedder.count_tokens, icfg, pcfg) for d in docs]
+        states = self.store.document_states([d.doc_id for d in docs])
+        todo = [p for p in plans if not pipeline.is_unchanged(p, states.get(p.doc.doc_id, {}))]
+        texts = [t for p in todo for t in p.texts]
+        vectors = iter(self.embedder.embed(texts, batch_size=icfg.embed_batch_size))
+        out_reports, out_writes = [str(r) for r in batch["report"] if r], []
+        for p in plans:
+            stored = states.get(p.doc.doc_id, {})
+            if p not in todo:
+                out_reports.append(_json(FileReport(p.doc.source, "unchanged", len(p.texts), doc_id=p.doc.doc_id)))
+                continue
+            rows = pipeline.rows(p, [next(vectors) for _ in p.texts], [document_lexical(t, pcfg) for t in p.texts])
+            status = "updated" if stored else "added"
+            out_writes.append(pickle.dumps((p.doc.doc_id, rows, sorted(stored),
+                                            _json(FileReport(p.doc.source, status, len(rows), doc_id=p.doc.doc_id)))))
+        return {"report": np.array(out_reports + [""] * len(out_writes), dtype=object),
+                "write": np.array([b""] * len(out_reports) + out_writes, dtype=object)}
+
+
+class Write:
+    """Actor: write each batch of documents with one upsert (each document whole)."""
+
+    def __init__(self, cfg: AppConfig, dim: int) -> None:
+        from deployments.search.store import ChunkStore, connect
+
+        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, dim)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        writes = [pickle.loads(w) for w in batch["write"] if w]
+        self.store.replace_documents([(doc_id, rows, old) for doc_id, rows, old, _ in writes])
+        return {"report": np.array([str(r) for r in batch["report"] if r] + [w[3] for w in writes], dtype=object)}
+
+
+def run(paths: Iterable[str | Path], cfg: AppConfig, dim: int, progress: bool = True) -> list[FileReport]:
+    """Ingest every file under ``paths`` on the connected Ray cluster; returns one report per
+    document (and per skipped file or line). The caller has created the collection."""
+    import ray
+    from tqdm import tqdm
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours below counts documents and chunks, not blocks
+    icfg = cfg.ingest
+    files = [{"path": str(p.resolve()), "source": s} for p, s in pipeline.discover(paths)]
+    if not files:
+        return []
+    ds = (
+        ray.data.from_items(files, override_num_blocks=min(len(files), 64))
+        .flat_map(_parse, fn_kwargs={"cfg": cfg}, num_cpus=PARSE_CPUS)
+        .map_batches(Embed, fn_constructor_kwargs={"cfg": cfg}, batch_size=icfg.doc_batch_size,
+                     concurrency=(1, icfg.embed_actors), num_cpus=icfg.embed_actor_cpus)
+        .map_batches(Write, fn_constructor_kwargs={"cfg": cfg, "dim": dim}, batch_size=icfg.doc_batch_size,
+                     concurrency=1, num_cpus=0.1)
+    )
+    reports: list[FileReport] = []
+    chunks, start = 0, time.perf_counter()
+    with tqdm(desc="ingest", unit="doc", disable=not progress, smoothing=0.1) as bar:
+        for row in ds.iter_rows():
+            r = FileReport(**json.loads(row["report"]))
+            reports.append(r)
+            if r.status != "skipped":
+                chunks += r.chunks
+                bar.update(1)
+                bar.set_postfix(chunks=chunks, chunks_per_s=f"{chunks / (time.perf_counter() - start):.1f}",
+                                skipped=sum(x.status == "skipped" for x in reports))
+    return reports

@@ -1,0 +1,1 @@
+"""Optional reranking stage (a cross-encoder)."""

@@ -1,0 +1,326 @@
+"""Documents and collections on the real stack: the HTTP write path, atomic replace, delete,
+metadata filters (and injection attempts), several collections, and bulk ingestion with Ray
+Data (formats, bad files, re-runs, and an ingest killed midway then re-run).
+
+The HTTP tests use the session stack; the bulk tests run ``ragserve ingest`` as users do, in a
+subprocess with its own local Ray, against the session's milvus-lite server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+WORDS = ("pump valve seal gasket rotor bearing impeller housing flange coupling motor shaft sensor "
+         "relay filter nozzle manifold bracket spring washer").split()
+
+
+def _text(marker: str, sentences: int) -> str:
+    """Distinct, deterministic prose: ``sentences`` sentences each carrying ``marker``."""
+    return " ".join(f"The {WORDS[i % len(WORDS)]} {marker} record {i} describes part {marker}-{i} "
+                    f"and its {WORDS[(i * 7) % len(WORDS)]} in detail." for i in range(sentences))
+
+
+def _post_docs(stack, docs: list[dict], collection: str | None = None, status: int = 200) -> dict:
+    body: dict = {"documents": docs}
+    if collection:
+        body["collection"] = collection
+    r = stack.client.post("/v1/documents", json=body)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def _retrieve(stack, question: str, **kw) -> list[dict]:
+    r = stack.client.post("/v1/retrieve", json={"question": question, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()["sources"]
+
+
+@pytest.fixture(scope="module")
+def coll(stack) -> str:
+    """A collection of this module's own, dropped at the end."""
+    r = stack.client.post("/v1/collections", json={"name": "it_docs"})
+    assert r.status_code in (200, 201), r.text
+    yield "it_docs"
+    stack.client.delete("/v1/collections/it_docs")
+
+
+# --------------------------------------------------------------------------- collections
+def test_collections_create_list_drop(stack) -> None:
+    r = stack.client.post("/v1/collections", json={"name": "it_tmp"})
+    assert (r.status_code, r.json()) == (201, {"name": "it_tmp", "created": True})
+    assert stack.client.post("/v1/collections", json={"name": "it_tmp"}).json()["created"] is False
+    names = {c["name"] for c in stack.client.get("/v1/collections").json()["collections"]}
+    assert {"it_tmp", stack.cfg.search.milvus.collection} <= names
+    assert stack.client.delete("/v1/collections/it_tmp").json() == {"name": "it_tmp", "dropped": True}
+    r = stack.client.delete("/v1/collections/it_tmp")
+    assert r.status_code == 404 and "does not exist" in r.json()["error"]["message"]
+    r = stack.client.post("/v1/retrieve", json={"question": "pump", "collection": "it_tmp"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "collection"
+    for bad in ("1abc", "a-b", "x" * 300, "a b"):
+        r = stack.client.post("/v1/collections", json={"name": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "name", (bad, r.text)
+    assert stack.client.delete("/v1/collections/bad-name").status_code == 400
+
+
+def test_collections_are_separate(stack, coll: str) -> None:
+    _post_docs(stack, [{"id": "only-here", "text": "The zephyrine gauge of line nine reads 12 kPa.",
+                        "title": "Zephyrine gauge"}], coll)
+    here = _retrieve(stack, "zephyrine gauge", collection=coll, mode="lexical")
+    assert here and here[0]["doc_id"] == "only-here"
+    default = _retrieve(stack, "zephyrine gauge", mode="lexical")  # the sample corpus collection
+    assert all(s["doc_id"] != "only-here" for s in default)
+
+
+# --------------------------------------------------------------------------- documents
+def test_upsert_unchanged_update_delete(stack, coll: str) -> None:
+    doc = {"id": "manual-7", "text": _text("alpha", 40), "title": "Manual seven", "tags": ["manual"],
+           "source": "kb/manual-7.md", "created_at": "2025-02-03"}
+    first = _post_docs(stack, [doc], coll)["results"][0]
+    assert first["status"] == "added" and first["chunks"] >= 3
+    assert _post_docs(stack, [doc], coll)["results"][0] == {**first, "status": "unchanged"}
+    hits = _retrieve(stack, "alpha record", collection=coll, filter={"doc_ids": ["manual-7"]}, top_k=50)
+    assert len(hits) == first["chunks"]
+    assert {h["version"] for h in hits} and len({h["version"] for h in hits}) == 1
+    assert hits[0]["tags"] == ["manual"] and hits[0]["created_at"] == 1738540800  # 2025-02-03 UTC
+
+    shorter = {**doc, "text": _text("beta", 8)}
+    upd = _post_docs(stack, [shorter], coll)["results"][0]
+    assert upd["status"] == "updated" and upd["chunks"] < first["chunks"]
+    hits = _retrieve(stack, "record", collection=coll, filter={"doc_ids": ["manual-7"]}, top_k=50)
+    assert len(hits) == upd["chunks"] and all("beta" in h["text"] for h in hits)  # no stale chunk left
+
+    r = stack.client.delete("/v1/documents/manual-7", params={"collection": coll})
+    assert r.json() == {"id": "manual-7", "collection": coll, "deleted_chunks": upd["chunks"]}
+    assert _retrieve(stack, "record", collection=coll, filter={"doc_ids": ["manual-7"]}) == []
+    assert stack.client.delete("/v1/documents/manual-7", params={"collection": coll}).status_code == 404
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"documents": []}, "documents"),
+    ({"documents": [{"id": "a b", "text": "x"}]}, "documents.0.id"),
+    ({"documents": [{"id": "a", "text": ""}]}, "documents.0.text"),
+    ({"documents": [{"id": "a", "text": "x", "tags": "t"}]}, "documents.0.tags"),
+    ({"documents": [{"id": "a", "text": "x", "created_at": "yesterday"}]}, "documents.0.created_at"),
+    ({"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]}, "documents"),
+    ({"documents": [{"id": "a", "text": "x", "owner": "me"}]}, "documents.0.owner"),
+    ({"collection": "no such", "documents": [{"id": "a", "text": "x"}]}, "collection"),
+])
+def test_bad_documents_are_400(stack, body: dict, param: str) -> None:
+    r = stack.client.post("/v1/documents", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_documents_limits_and_missing_collection(stack) -> None:
+    n = stack.cfg.ingest.max_documents_per_request + 1
+    r = stack.client.post("/v1/documents", json={"documents": [{"id": f"d{i}", "text": "x"} for i in range(n)]})
+    assert r.status_code == 413
+    r = stack.client.post("/v1/documents", json={"collection": "never_made", "documents": [{"id": "a", "text": "x"}]})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "collection"
+
+
+def test_replace_is_atomic_for_concurrent_readers(stack, coll: str) -> None:
+    """While a document flips between a 6-chunk and a 2-chunk version, every search filtered to
+    it sees exactly one version's chunks, all of them that match, never a mix and never none."""
+    versions = [{"id": "flip", "text": _text("gamma", 70), "title": "Flip"},
+                {"id": "flip", "text": _text("delta", 12), "title": "Flip"}]
+    counts = [_post_docs(stack, [v], coll)["results"][0]["chunks"] for v in reversed(versions)][::-1]
+    assert counts[0] > counts[1] >= 1
+    stop, seen, bad = threading.Event(), [], []
+
+    def reader() -> None:
+        import httpx
+
+        with httpx.Client(base_url=stack.url, timeout=60) as c:
+            while not stop.is_set():
+                r = c.post("/v1/retrieve", json={"question": "record part detail", "collection": coll,
+                                                 "top_k": 50, "mode": "dense", "filter": {"doc_ids": ["flip"]}})
+                hits = r.json()["sources"]
+                markers = {("gamma" in h["text"], "delta" in h["text"]) for h in hits}
+                seen.append(len(hits))
+                if r.status_code != 200 or len(markers) != 1 or len({h["version"] for h in hits}) != 1 \
+                        or len(hits) not in counts:
+                    bad.append((r.status_code, len(hits), markers))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 13):  # versions[0] is stored now: start with the other one
+            assert _post_docs(stack, [versions[i % 2]], coll)["results"][0]["status"] == "updated"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert len(seen) >= 12 and set(seen) == set(counts), set(seen)  # both versions were observed
+    assert not bad, bad[:5]
+
+
+# --------------------------------------------------------------------------- filters
+def test_filters(stack, coll: str) -> None:
+    docs = [
+        {"id": "f-1", "text": "Torque wrench calibration every 90 days.", "tags": ["tools", "quality"],
+         "source": "kb/tools_%/a.md", "created_at": "2024-01-10"},
+        {"id": "f-2", "text": "Torque wrench storage in cabinet B.", "tags": ["tools"],
+         "source": "kb/toolsX/b.md", "created_at": "2025-06-01T12:00:00Z"},
+        {"id": "f-3", "text": "Torque limits for flange bolts.", "tags": ["flanges"],
+         "source": 'kb/"quoted"/c.md', "created_at": 1767225600},  # 2026-01-01
+    ]
+    _post_docs(stack, docs, coll)
+
+    def ids(flt: dict) -> set[str]:
+        return {s["doc_id"] for s in _retrieve(stack, "torque wrench", collection=coll, top_k=20, filter=flt)}
+
+    assert ids({"tags_any": ["tools"]}) == {"f-1", "f-2"}
+    assert ids({"tags_all": ["tools", "quality"]}) == {"f-1"}
+    assert ids({"created_after": "2025-01-01"}) == {"f-2", "f-3"}
+    assert ids({"created_before": "2025-06-01T12:00:00+00:00"}) == {"f-1"}
+    assert ids({"source_prefix": "kb/tools_%"}) == {"f-1"}  # % and _ are literal, not wildcards
+    assert ids({"sources": ['kb/"quoted"/c.md']}) == {"f-3"}
+    assert ids({"doc_ids": ["f-2", "f-3"], "tags_any": ["flanges"]}) == {"f-3"}
+    # Injection attempts stay values: they match nothing rather than everything.
+    for attack in ('x" or doc_id != "', 'x") or (doc_id != "', "\\\" or 1==1 or \"", "%"):
+        assert ids({"sources": [attack]}) == set()
+        assert ids({"tags_any": [attack]}) == set()
+    assert ids({"source_prefix": '" or doc_id != "'}) == set()
+    r = stack.client.post("/v1/retrieve", json={"question": "x", "collection": coll,
+                                               "filter": {"doc_ids": ['a" or "1"=="1']}})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("filter.doc_ids")
+    r = stack.client.post("/v1/retrieve", json={"question": "x", "filter": {"expr": "doc_id != ''"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "filter.expr"
+    r = stack.client.post("/v1/query", json={"question": "How often is the torque wrench calibrated?",
+                                            "collection": coll, "filter": {"tags_any": ["quality"]},
+                                            "max_tokens": 16})
+    assert r.status_code == 200 and {s["doc_id"] for s in r.json()["sources"]} == {"f-1"}
+
+
+# --------------------------------------------------------------------------- bulk ingestion
+@pytest.fixture(scope="module")
+def ingest_cli(stack, tmp_path_factory):
+    """Runs ``ragserve ingest`` (Ray Data, its own local Ray) against the session's Milvus."""
+    cfg_dir = tmp_path_factory.mktemp("bulkcfg")
+    data = yaml.safe_load((ROOT / "cluster" / "serve_config.yaml").read_text())
+    args = data["applications"][0]["args"]
+    args["search"]["milvus"].update(uri=stack.milvus.uri, collection="it_bulk", timeout_s=10)
+    args["ingest"].update(max_file_bytes=100_000, doc_batch_size=4, embed_actors=1)
+    path = cfg_dir / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(data))
+
+    def run(*paths: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+        cmd = [sys.executable, "-m", "deployments.cli", "--config", str(path), "ingest", "-v", *map(str, paths)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if popen:
+            return subprocess.Popen(cmd, env=env, cwd=ROOT, **popen)
+        return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    yield run
+    stack.client.delete("/v1/collections/it_bulk")
+
+
+def test_bulk_ingest_formats_bad_files_and_rerun(stack, ingest_cli, tmp_path: Path, make_pdf) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "guide.md").write_text("# Obsidian kiln guide\n\nThe obsidian kiln fires at 1180 degrees.\n")
+    (corpus / "page.html").write_text("<html><head><title>Marlow dock</title><script>var x=1;</script></head>"
+                                      "<body><nav>Home | About</nav><p>Marlow dock opens at 05:40.</p></body></html>")
+    (corpus / "sheet.pdf").write_bytes(make_pdf(["The Quorra valve QV-88 seals at 14 bar."], title="Quorra"))
+    lines = [json.dumps({"id": "jl-1", "text": "Halvard badge renewals are due in March.", "tags": ["hr"]}),
+             "{not json", json.dumps({"id": "jl-2", "title": "no text"}),
+             json.dumps({"id": "jl-3", "text": "Tessaline paint cures in 48 hours."})]
+    (corpus / "batch.jsonl").write_text("\n".join(lines) + "\n")
+    (corpus / "empty.txt").write_text("")
+    (corpus / "blob.txt").write_bytes(b"\x00\x01binary\x02")
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> garbage")
+    (corpus / "huge.txt").write_text("word " * 30_000)  # 150 kB > max_file_bytes
+    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (corpus / "slides.pptx").write_bytes(b"PK\x03\x04")
+
+    res = ingest_cli(corpus)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    reasons = {
+        "corpus/empty.txt": "empty file", "corpus/blob.txt": "binary content",
+        "corpus/broken.pdf": "corrupt PDF", "corpus/huge.txt": "the limit is 100000",
+        "corpus/latin1.txt": "not UTF-8", "corpus/slides.pptx": "unsupported file type .pptx",
+    }
+    for source, reason in reasons.items():
+        assert any(line.startswith("skipped") and source in line and reason in line for line in out.splitlines()), \
+            (source, out)
+    assert "line 2:" in out and "line 3:" in out  # bad .jsonl lines named, the good ones went in
+    assert "5 added, 0 updated, 0 unchanged, 8 skipped" in out, out
+
+    for question, expected in [("obsidian kiln temperature", "Obsidian kiln guide"), ("Marlow dock opening", "Marlow dock"),
+                               ("Quorra valve QV-88", "Quorra"), ("Tessaline paint", "")]:
+        top = _retrieve(stack, question, collection="it_bulk", top_k=1)[0]
+        assert top["title"] == expected, (question, top)
+    html = _retrieve(stack, "Marlow dock", collection="it_bulk", top_k=1)[0]["text"]
+    assert "Home | About" not in html and "var x" not in html
+
+    again = ingest_cli(corpus)
+    assert again.returncode == 0 and "0 added, 0 updated, 5 unchanged, 8 skipped" in again.stdout, again.stdout
+
+
+def _store(stack):
+    from deployments.search.store import connect
+
+    return connect(stack.cfg.search.milvus)
+
+
+def test_killed_bulk_ingest_resumes_exactly(stack, ingest_cli, tmp_path: Path) -> None:
+    """SIGKILL a bulk ingest midway, re-run it: the collection holds exactly the corpus's chunks."""
+    from deployments.encoder.model import Embedder
+    from deployments.ingest import pipeline
+
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(60):
+        (corpus / f"doc{i:03d}.md").write_text(f"# Document {i}\n\n" + _text(f"m{i}", 12 + i % 5))
+    client = _store(stack)
+    before = {r["doc_id"] for r in client.query("it_bulk", filter="live == true", output_fields=["doc_id"], limit=16000)} \
+        if client.has_collection("it_bulk") else set()
+
+    proc = ingest_cli(corpus, popen={"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+                                     "start_new_session": True})
+    deadline, written = time.monotonic() + 240, 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if client.has_collection("it_bulk"):
+            docs = {r["doc_id"] for r in client.query("it_bulk", filter="live == true", output_fields=["doc_id"],
+                                                      limit=16000)}
+            written = len(docs - before)
+            if written >= 4:
+                break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the Ray it started, mid-run
+    proc.wait(30)
+    assert 4 <= written < 60, f"could not interrupt midway: {written} of 60 documents written"
+
+    res = ingest_cli(corpus)
+    assert res.returncode == 0, res.stdout + res.stderr
+    stack_cfg = stack.cfg
+    embedder = Embedder(stack_cfg.encoder)
+    expected: dict[str, str] = {}
+    for path, source in pipeline.discover([corpus]):
+        docs, bad = pipeline.parse_reports(path, source, stack_cfg.ingest)
+        assert not bad
+        for d in docs:
+            p = pipeline.plan(d, embedder.count_tokens, stack_cfg.ingest, stack_cfg.preprocess)
+            expected.update(dict.fromkeys(p.chunk_ids, p.version))
+    rows = client.query("it_bulk", filter='source like "many/%"', output_fields=["id", "doc_hash", "live"],
+                        limit=16000)
+    assert {r["id"]: r["doc_hash"] for r in rows} == expected  # nothing lost, nothing extra, right versions
+    assert len(rows) == len(expected) and all(r["live"] for r in rows)  # no duplicates, no tombstones
+    summary = res.stdout.strip().splitlines()[-1]
+    assert f"{60 - written} added" in summary or "unchanged" in summary, summary
