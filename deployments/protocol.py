@@ -27,6 +27,8 @@ def epoch_seconds(value: int | str | None) -> int:
     if value is None:
         return 0
     if isinstance(value, int):
+        if not -(2**62) < value < 2**62:  # Milvus stores INT64
+            raise ValueError(f"timestamp {value} is out of range")
         return value
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):

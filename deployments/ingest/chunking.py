@@ -36,7 +36,7 @@ def sentences(text: str) -> list[str]:
 
 def _split_long(sentence: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
     pieces, cur = [], ""
-    for piece in _PIECE.findall(sentence):
+    for piece in _pieces(sentence, max_tokens, count):
         if cur and count(cur + piece) > max_tokens:
             pieces.append(cur.strip())
             cur = ""
@@ -44,6 +44,15 @@ def _split_long(sentence: str, max_tokens: int, count: Callable[[str], int]) -> 
     if cur.strip():
         pieces.append(cur.strip())
     return pieces
+
+
+def _pieces(sentence: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
+    # Words (Han characters) in order; one longer than a chunk by itself (a URL, a run of kana)
+    # is cut into characters, so that no chunk is ever over the limit.
+    out: list[str] = []
+    for piece in _PIECE.findall(sentence):
+        out.extend(piece if count(piece) > max_tokens else [piece])
+    return out
 
 
 def _join(parts: list[str]) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from deployments.config import IngestConfig
+from deployments.preprocess.text import normalize
 from deployments.protocol import DocumentIn
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".jsonl"}
+_BLOCK_TAGS = ["p", "div", "br", "li", "ul", "ol", "tr", "td", "th", "table", "section", "article", "header",
+               "footer", "main", "aside", "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "dt", "dd",
+               "figcaption", "hr", "title"]
 _BLANK_LINES = re.compile(r"\n[ \t]*(\n[ \t]*)+")
 
 
@@ -99,7 +103,7 @@ def _decode(raw: bytes) -> str:
 def _document(source: str, title: str, text: str, created: int, doc_id: str | None = None,
               tags: tuple[str, ...] = ()) -> Document:
     text = _BLANK_LINES.sub("\n\n", text.replace("\r\n", "\n")).strip()
-    if not text:
+    if not normalize(text):  # nothing visible (zero-width and control characters do not count)
         raise BadFile("no text")
     return Document(doc_id or source_doc_id(source), source, title.strip()[:1024], text, tags, created)
 
@@ -129,7 +133,10 @@ def _html(markup: str) -> tuple[str, str]:
         title_tag.decompose()
     if not title and (h1 := soup.find("h1")):
         title = h1.get_text(" ", strip=True)
-    text = soup.get_text("\n")
+    for tag in soup.find_all(_BLOCK_TAGS):  # line breaks around blocks only: "pump<b>s</b>" stays "pumps"
+        tag.insert_before("\n")
+        tag.insert_after("\n")
+    text = soup.get_text()
     lines = (re.sub(r"[ \t\xa0]+", " ", line).strip() for line in text.splitlines())
     return title, "\n".join(lines)
 
@@ -147,14 +154,14 @@ def _pdf(raw: bytes, path: Path, source: str, created: int) -> Document:
             raise BadFile("encrypted PDF")
         pages = [page.extract_text() or "" for page in reader.pages]
         meta = reader.metadata
-        title = (meta.title if meta and meta.title else "") or path.stem
+        title = meta.title if meta is not None and isinstance(meta.title, str) else ""  # may be any PDF object
     except BadFile:
         raise
     except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise BadFile(f"corrupt PDF ({type(e).__name__}: {e})") from None
     if not any(p.strip() for p in pages):
         raise BadFile("PDF has no text layer (scanned?)")
-    return _document(source, title, "\n\n".join(pages), created)
+    return _document(source, title.strip() or path.stem, "\n\n".join(pages), created)
 
 
 def _jsonl(text: str, source: str) -> Parsed:
@@ -172,7 +179,7 @@ def _jsonl(text: str, source: str) -> Parsed:
             doc = DocumentIn.model_validate({k: obj[k] for k in DocumentIn.model_fields if k in obj})
             src = doc.source or f"{source}#{doc.id}"
             out.documents.append(_document(src, doc.title, doc.text, int(doc.created_at or 0), doc.id, tuple(doc.tags)))
-        except (ValueError, ValidationError) as e:  # json.JSONDecodeError and BadFile are ValueErrors
+        except (ValueError, ValidationError, RecursionError) as e:  # JSONDecodeError, BadFile: ValueErrors
             out.problems.append(f"line {n}: {_short(e)}")
     if not out.documents:
         raise BadFile("no valid lines" + (f" ({out.problems[0]})" if out.problems else ""))

@@ -18,6 +18,7 @@ are found unchanged, and tombstones of an interrupted replacement are purged.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -82,7 +83,7 @@ def plan_chunks(doc: Document, chunks: list[str], pcfg: PreprocessConfig) -> Pla
     texts = tuple(normalize(c, pcfg.unicode_form) for c in chunks)
     hashes = tuple(_h(t) for t in texts)
     # created_at is left out on purpose: a file touched but not changed is not a new version.
-    version = _h("\x1f".join([doc.source, doc.title, ",".join(doc.tags), *hashes]))
+    version = _h(json.dumps([doc.source, doc.title, list(doc.tags), hashes]))
     return Plan(doc, tuple(chunk_id(doc.doc_id, i) for i in range(len(texts))), texts, hashes, version)
 
 

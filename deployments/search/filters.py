@@ -20,7 +20,7 @@ def quote(value: str) -> str:
 
     (milvus-lite does not support ``filter_params`` templates, so escaping is done here.)
     """
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
 
 
 def like_prefix(prefix: str) -> str:

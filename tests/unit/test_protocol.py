@@ -2,7 +2,9 @@
 
 Covers: public requests forbid unknown fields and wrong types (strict, in both Python and
 JSON validation, as the ingress may use either), accept an int for float sampling fields,
-enforce sampling bounds; chat requests need messages and n=1; stage messages are frozen.
+enforce sampling bounds; chat requests need messages and n=1; stage messages are frozen;
+documents (id pattern, sizes, ISO/epoch ``created_at``), document batches, collection names, and
+the typed ``filter`` of the retrieval requests (nested error locations).
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from deployments.protocol import (
+    COLLECTION_PATTERN,
+    DOC_ID_PATTERN,
     ChatCompletionRequest,
+    CollectionRequest,
+    DocumentIn,
+    DocumentsRequest,
     EmbeddingsRequest,
+    Filter,
     GenerateRequest,
     Hit,
     PreparedQuery,
@@ -174,3 +182,102 @@ def test_hit_round_trips_through_json() -> None:
     hit = _hit()
     assert Hit.model_validate_json(hit.model_dump_json()) == hit
     assert hit.title == ""
+
+
+# --------------------------------------------------------------------------- documents and collections
+DOC = {"id": "doc-1", "text": "Some text."}
+
+
+def test_document_in_defaults_and_times(how: str) -> None:
+    d = _validate(DocumentIn, DOC, how)
+    assert (d.id, d.text, d.title, d.source, d.tags) == ("doc-1", "Some text.", "", "", [])
+    assert not d.created_at  # unknown (None or 0): consumers store 0
+    with_zone = _validate(DocumentIn, {**DOC, "created_at": "2024-01-02T00:00:00+01:00"}, how)
+    assert with_zone.created_at == 1_704_150_000
+    assert _validate(DocumentIn, {**DOC, "created_at": 1_700_000_000}, how).created_at == 1_700_000_000
+    full = {**DOC, "title": "T" * 1024, "source": "s" * 2048, "tags": ["t" * 64] * 32}
+    assert _validate(DocumentIn, full, how).tags == ["t" * 64] * 32
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", "has space"), ("id", ""), ("id", "a" * 129), ("id", 5), ("id", "-x"), ("id", "a/b"),
+        ("text", ""), ("text", 5), ("title", "T" * 1025), ("source", "s" * 2049), ("tags", "hr"),
+        ("tags", [""]), ("tags", ["t" * 65]), ("tags", ["t"] * 33), ("tags", [1]),
+        ("created_at", "yesterday"),
+        ("created_at", 1.5), ("created_at", "1700000000"), ("label", "x"),
+    ],
+)
+def test_document_in_rejects_by_name(field: str, value: Any, how: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        _validate(DocumentIn, {**DOC, field: value}, how)
+    assert _loc(exc.value)[0] == field
+
+
+def test_documents_request(how: str) -> None:
+    req = _validate(DocumentsRequest, {"documents": [DOC]}, how)
+    assert req.collection is None and req.documents[0].id == "doc-1"
+    assert _validate(DocumentsRequest, {"collection": "kb_v2", "documents": [DOC]}, how).collection == "kb_v2"
+    for body, loc in [({"documents": []}, ("documents",)), ({}, ("documents",)),
+                      ({"documents": [DOC, {"id": "bad id", "text": "x"}]}, ("documents", 1, "id")),
+                      ({"documents": [DOC], "collection": "bad-name"}, ("collection",)),
+                      ({"documents": [DOC], "extra": 1}, ("extra",))]:
+        with pytest.raises(ValidationError) as exc:
+            _validate(DocumentsRequest, body, how)
+        assert _loc(exc.value) == loc, body
+
+
+@pytest.mark.parametrize("name", ["kb", "_private", "KB_2024", "a" * 255])
+def test_collection_names_accepted(name: str, how: str) -> None:
+    assert _validate(CollectionRequest, {"name": name}, how).name == name
+    assert _validate(RetrieveRequest, {"question": "q", "collection": name}, how).collection == name
+
+
+@pytest.mark.parametrize("name", ["", "2kb", "kb-2", "kb.v2", "kb v2", "a" * 256, "kb\n", "名字", 'kb"'])
+def test_collection_names_rejected(name: str, how: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        _validate(CollectionRequest, {"name": name}, how)
+    assert _loc(exc.value) == ("name",)
+    with pytest.raises(ValidationError) as exc:
+        _validate(RetrieveRequest, {"question": "q", "collection": name}, how)
+    assert _loc(exc.value) == ("collection",)
+
+
+def test_patterns_agree_with_validation_and_refuse_a_trailing_newline() -> None:
+    # Python's re "$" also matches before a final "\n": the validators must not let one through.
+    import re
+
+    for value in ["doc-1", "a" * 128, "doc-1\n", "a" * 129, "-a"]:
+        ok = re.fullmatch(DOC_ID_PATTERN, value) is not None and not value.endswith("\n")
+        for build in (lambda v: DocumentIn(id=v, text="x"), lambda v: Filter(doc_ids=(v,))):
+            if ok:
+                build(value)
+            else:
+                with pytest.raises(ValidationError):
+                    build(value)
+    for name in ["kb_1", "kb_1\n"]:
+        if name.endswith("\n"):
+            with pytest.raises(ValidationError):
+                CollectionRequest(name=name)
+        else:
+            assert re.fullmatch(COLLECTION_PATTERN, name) and CollectionRequest(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    "model", [RetrieveRequest, QueryRequest, ChatCompletionRequest], ids=lambda m: m.__name__
+)
+def test_retrieval_requests_carry_a_typed_filter(model: type[BaseModel], how: str) -> None:
+    body = {**VALID[model], "filter": {"doc_ids": ["d1"], "tags_any": ["hr"], "created_after": "2024-01-02"}}
+    req = _validate(model, body, how)
+    assert req.filter == Filter(doc_ids=("d1",), tags_any=("hr",), created_after=1_704_153_600)
+    assert _validate(model, VALID[model], how).filter is None
+    for bad, loc in [
+        ({"expr": "live == false"}, ("filter", "expr")),
+        ({"doc_ids": []}, ("filter", "doc_ids")),
+        ("doc_id == 'x'", ("filter",)),
+        ({"created_after": "soon"}, ("filter", "created_after")),
+    ]:
+        with pytest.raises(ValidationError) as exc:
+            _validate(model, {**VALID[model], "filter": bad}, how)
+        assert _loc(exc.value) == loc, bad
