@@ -292,8 +292,7 @@ def test_killed_bulk_ingest_resumes_exactly(stack, ingest_cli, tmp_path: Path) -
     before = {r["doc_id"] for r in client.query("it_bulk", filter="live == true", output_fields=["doc_id"], limit=16000)} \
         if client.has_collection("it_bulk") else set()
 
-    proc = ingest_cli(corpus, popen={"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
-                                     "start_new_session": True})
+    proc = ingest_cli(corpus, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, written = time.monotonic() + 240, 0
     while time.monotonic() < deadline and proc.poll() is None:
         if client.has_collection("it_bulk"):

@@ -1,0 +1,92 @@
+"""Ranking metrics with binary relevance: recall@k, reciprocal rank, nDCG@k; means and groupings.
+
+Pure functions over a ranked list of document ids (best first, no duplicates: see
+:func:`dedupe`) and the set of relevant ids. Every metric lies in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+#: The per-question scores, in table order.
+METRICS: tuple[str, ...] = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
+
+T = TypeVar("T")
+
+
+def dedupe(ids: Iterable[str]) -> list[str]:
+    """Ids in first-seen order without repeats: several chunks of one document count once, at the
+    rank of its best chunk (otherwise one document could fill several ranks and inflate recall)."""
+    return list(dict.fromkeys(ids))
+
+
+def _check(relevant: Iterable[str]) -> set[str]:
+    rel = set(relevant)
+    if not rel:
+        raise ValueError("a question needs at least one relevant id")
+    return rel
+
+
+def recall_at_k(ranked: Sequence[str], relevant: Iterable[str], k: int) -> float:
+    """Share of the relevant ids found among the first ``k`` ranked ids."""
+    rel = _check(relevant)
+    return len(rel.intersection(ranked[:k])) / len(rel)
+
+
+def reciprocal_rank(ranked: Sequence[str], relevant: Iterable[str]) -> float:
+    """1 / (1-based rank of the first relevant id), 0 if none is in ``ranked``.
+
+    Computed over whatever list is given (the returned top 10), so it is MRR@len(ranked).
+    """
+    rel = _check(relevant)
+    for rank, doc in enumerate(ranked, start=1):
+        if doc in rel:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: Iterable[str], k: int = 10) -> float:
+    """Normalised discounted cumulative gain with binary gains.
+
+    DCG = sum over relevant ranks r <= k of 1 / log2(r + 1); the ideal DCG puts all relevant ids
+    first, i.e. sums the same discount over ranks 1..min(|relevant|, k).
+    """
+    rel = _check(relevant)
+    dcg = sum(1.0 / math.log2(r + 1) for r, doc in enumerate(ranked[:k], start=1) if doc in rel)
+    ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(len(rel), k) + 1))
+    return dcg / ideal
+
+
+def score(ranked: Sequence[str], relevant: Iterable[str]) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for one question."""
+    rel = _check(relevant)
+    return {
+        "recall@1": recall_at_k(ranked, rel, 1),
+        "recall@5": recall_at_k(ranked, rel, 5),
+        "recall@10": recall_at_k(ranked, rel, 10),
+        "mrr": reciprocal_rank(ranked, rel),
+        "ndcg@10": ndcg_at_k(ranked, rel, 10),
+    }
+
+
+def mean(scores: Sequence[Mapping[str, float]], names: Sequence[str] = METRICS) -> dict[str, float]:
+    """Mean of each named score over questions (macro average: every question weighs the same).
+
+    Raises:
+        ValueError: no scores (a mean of nothing would be a misleading 0 or NaN).
+    """
+    if not scores:
+        raise ValueError("no scores to average")
+    return {name: sum(s[name] for s in scores) / len(scores) for name in names}
+
+
+def grouped(items: Sequence[T], key: Callable[[T], str], scores: Callable[[T], Mapping[str, float]],
+            names: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
+    """Means per group (e.g. per language or question type), groups sorted by name; each group
+    also has ``n``, its number of questions."""
+    groups: dict[str, list[Mapping[str, float]]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(scores(item))
+    return {g: {"n": len(groups[g]), **mean(groups[g], names)} for g in sorted(groups)}
