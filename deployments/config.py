@@ -219,6 +219,12 @@ class SearchConfig(_Strict):
     rrf_k: int = Field(60, ge=1, description="RRF smoothing constant.")
     dense_weight: float = Field(0.6, ge=0, le=1, description="Dense weight for the weighted ranker.")
     candidates: int = Field(20, ge=1, description="Candidates taken from each side before fusion.")
+    dense_languages: tuple[Literal["en", "zh", "mixed"], ...] = Field(
+        ("en", "zh", "mixed"),
+        description="Query languages (as preprocess detects them) the encoder understands. A hybrid query in "
+        "another language is searched lexically only: an encoder that does not know a language ranks it "
+        "by noise (all-MiniLM-L6-v2 maps most Chinese characters to [UNK]), which fusion would mix in.",
+    )
     index_type: Literal["FLAT", "HNSW", "IVF_FLAT"] = Field("FLAT", description="Dense index type.")
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=32)
 

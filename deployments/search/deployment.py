@@ -81,6 +81,8 @@ class Searcher:
             if req.top_k > self.cfg.max_top_k:
                 raise InvalidRequestError(f"top_k must be <= {self.cfg.max_top_k}", param="top_k")
             mode = req.mode or self.cfg.mode
+            if mode == "hybrid" and req.query.language not in self.cfg.dense_languages:
+                mode = "lexical"  # the response's `mode` says so
 
             def run() -> SearchResult:
                 store = self._store(req.collection, len(req.vector))

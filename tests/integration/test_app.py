@@ -43,6 +43,17 @@ def test_retrieve_modes(stack, mode: str) -> None:
     assert [s["n"] for s in body["sources"]] == list(range(1, len(body["sources"]) + 1))
 
 
+def test_hybrid_outside_dense_languages_is_lexical(stack) -> None:
+    """cluster/serve_config.yaml lists the encoder's languages (en, mixed): a Chinese question
+    asked in hybrid mode is searched lexically, and the response says so."""
+    assert "zh" not in stack.cfg.search.dense_languages
+    r = stack.client.post("/v1/retrieve", json={"question": "翠岚坪茶园位于海拔多少米？", "mode": "hybrid"})
+    assert r.status_code == 200 and r.json()["mode"] == "lexical", r.text
+    assert r.json()["sources"][0]["source"].endswith("cuilan_tea_garden.md")
+    r = stack.client.post("/v1/retrieve", json={"question": "翠岚坪茶园位于海拔多少米？", "mode": "dense"})
+    assert r.json()["mode"] == "dense"  # an explicit mode is kept
+
+
 def test_query_answers_from_and_cites_the_right_source(stack, questions) -> None:
     """The generated answer contains the fact, and the source holding it is cited by the model
     or (for a model too small to write [n] reliably) demonstrably drawn from.
