@@ -226,6 +226,11 @@ class SearchConfig(_Strict):
         "by noise (all-MiniLM-L6-v2 maps most Chinese characters to [UNK]), which fusion would mix in.",
     )
     index_type: Literal["FLAT", "HNSW", "IVF_FLAT"] = Field("FLAT", description="Dense index type.")
+    hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW graph degree (index build).")
+    hnsw_ef_construction: int = Field(200, ge=1, description="HNSW build-time candidate list.")
+    hnsw_ef: int = Field(64, ge=1, description="HNSW search-time candidate list (recall vs latency).")
+    ivf_nlist: int = Field(128, ge=1, description="IVF clusters (index build).")
+    ivf_nprobe: int = Field(16, ge=1, description="IVF clusters searched per query (recall vs latency).")
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=32)
 
     @model_validator(mode="after")

@@ -160,9 +160,9 @@ class ChunkStore:
             )
         )
         index = MilvusClient.prepare_index_params()
-        dense_params = {"M": 16, "efConstruction": 200} if self.cfg.index_type == "HNSW" else {}
-        if self.cfg.index_type == "IVF_FLAT":
-            dense_params = {"nlist": 128}
+        c = self.cfg
+        dense_params = {"HNSW": {"M": c.hnsw_m, "efConstruction": c.hnsw_ef_construction},
+                        "IVF_FLAT": {"nlist": c.ivf_nlist}}.get(c.index_type, {})
         index.add_index("dense", index_type=self.cfg.index_type, metric_type="IP", params=dense_params)
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         index.add_index("doc_id", index_type="INVERTED")
@@ -277,7 +277,7 @@ class ChunkStore:
             if mode == "dense":
                 res = self.client.search(
                     self.name, data=[list(vector)], anns_field="dense", limit=top_k, filter=expr,
-                    search_params={"metric_type": "IP"}, output_fields=OUTPUT_FIELDS, timeout=self.timeout,
+                    search_params=self._dense_params(top_k), output_fields=OUTPUT_FIELDS, timeout=self.timeout,
                 )
             elif mode == "lexical":
                 res = self.client.search(
@@ -288,12 +288,18 @@ class ChunkStore:
                 res = self._hybrid(vector, lexical, top_k, expr)
         return [_to_hit(h) for h in res[0]] if res else []
 
+    def _dense_params(self, limit: int) -> dict[str, Any]:
+        """Search parameters of the dense index (the recall/latency knobs of HNSW and IVF)."""
+        params = {"HNSW": {"ef": max(self.cfg.hnsw_ef, limit)},  # Milvus requires ef >= limit
+                  "IVF_FLAT": {"nprobe": self.cfg.ivf_nprobe}}.get(self.cfg.index_type, {})
+        return {"metric_type": "IP", "params": params}
+
     def _hybrid(self, vector: Sequence[float], lexical: str, top_k: int, expr: str) -> Any:
         from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
         n = max(self.cfg.candidates, top_k)
         reqs = [
-            AnnSearchRequest([list(vector)], "dense", {"metric_type": "IP"}, limit=n, expr=expr),
+            AnnSearchRequest([list(vector)], "dense", self._dense_params(n), limit=n, expr=expr),
             AnnSearchRequest([lexical], "sparse", {"metric_type": "BM25"}, limit=n, expr=expr),
         ]
         if self.cfg.ranker == "rrf":

@@ -538,3 +538,17 @@ def test_document_state_and_purge_expressions() -> None:
     assert client.calls[1][0] == "delete" and conditions(client.calls[1][2]["filter"]) == [
         c_cmp("live", "==", False)
     ]
+
+
+@pytest.mark.parametrize(("index", "limit", "params"), [
+    ("FLAT", 10, {}),
+    ("HNSW", 10, {"ef": 64}),
+    ("HNSW", 100, {"ef": 100}),  # Milvus rejects ef below the limit
+    ("IVF_FLAT", 10, {"nprobe": 16}),
+])
+def test_dense_search_params_follow_the_index(index: str, limit: int, params: dict) -> None:
+    from deployments.config import SearchConfig
+    from deployments.search.store import ChunkStore
+
+    store = ChunkStore(client=None, cfg=SearchConfig(index_type=index), dim=4)
+    assert store._dense_params(limit) == {"metric_type": "IP", "params": params}
