@@ -50,7 +50,7 @@ EXTERNAL: dict[str, str] = {
     "ray_serve_deployment_replica_healthy": "gauge",
     "ray_serve_autoscaling_target_replicas": "gauge",
     # ray/serve/_private/autoscaling_state.py: the policy's wish BEFORE the min/max bounds; only
-    # deployments with autoscaling export it (none in the default config).
+    # deployments with autoscaling export it (every stage in cluster/serve_config.yaml).
     "ray_serve_autoscaling_desired_replicas": "gauge",
     # vllm/v1/metrics/loggers.py via vllm/v1/metrics/ray_wrappers.py (RayPrometheusStatLogger,
     # passed in generator.build_engine): `vllm:x` is exported as `ray_vllm_x`.
