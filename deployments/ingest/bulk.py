@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 #: Parsing is light; a whole CPU per parse task would leave none for the embedding actors on a
 #: small machine (with 2 CPUs, one embedding actor + one writer + one 1-CPU parse task deadlock).
 PARSE_CPUS = 0.25
+#: Target size of the blocks between stages (about a hundred parsed documents).
+BLOCK_BYTES = 256 * 1024
 
 
 # Rows between the stages carry opaque payloads: a document or report as JSON text, a write as
@@ -109,6 +111,10 @@ def run(paths: Iterable[str | Path], cfg: AppConfig, dim: int, progress: bool = 
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours below counts documents and chunks, not blocks
+    # A stage hands a block on when it is full or its input is done: with Ray Data's default
+    # (128 MiB), a .jsonl of thousands of documents would reach the writer, and the progress bar,
+    # in one piece at the end. Documents are kilobytes: small blocks keep the pipeline streaming.
+    ctx.target_max_block_size = BLOCK_BYTES
     icfg = cfg.ingest
     files = [{"path": str(p.resolve()), "source": s} for p, s in pipeline.discover(paths)]
     if not files:
