@@ -1,4 +1,4 @@
-"""Unit tests of the pure parts of ``deployments/localcluster.py`` (no Ray started).
+"""Unit tests of the pure parts of ``deployments/localcluster/`` (no Ray started).
 
 Port blocks (distinct per node, head-only ports, the free-block search), worker specs, the
 ``ray start`` command lines (checked against ``ray start``'s own option list), stage placement on
