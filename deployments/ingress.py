@@ -3,8 +3,8 @@
 Routes: ``/v1/query`` (retrieve + generate, optionally streamed as SSE), ``/v1/retrieve``,
 ``/v1/embeddings``, ``/v1/generate``, ``/v1/chat/completions`` (OpenAI-compatible, with the
 sources), ``/v1/documents`` and ``/v1/collections`` (writes through the same stages, see
-``deployments.ingest.online``), ``/healthz`` and ``/readyz``. Every stage call has a deadline, so a stage that is down
-gives a fast 503/504 rather than a hanging client.
+``deployments.ingest.online``), ``/healthz`` and ``/readyz``. Every stage call has a deadline,
+so a stage that is down gives a fast 503/504 rather than a hanging client.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments import http
 from deployments.config import AppConfig
 from deployments.errors import (
-    DependencyTimeoutError, InvalidRequestError, NotFoundError, OverloadedError, PayloadTooLargeError, RagServeError,
+    DependencyTimeoutError, InvalidRequestError, NotFoundError, OverloadedError, PayloadTooLargeError,
+    RagServeError,
 )
 from deployments.generator import prompt
 from deployments.ingest import online

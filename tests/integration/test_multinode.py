@@ -30,7 +30,6 @@ import httpx
 import pytest
 import yaml
 
-from deployments.cli import sample_corpus
 from deployments.config import parse_app_config
 from deployments.localcluster import ClusterState, kill_raylet
 from deployments.search.lite import LiteServer
