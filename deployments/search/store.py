@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -286,7 +286,10 @@ class ChunkStore:
                 )
             else:
                 res = self._hybrid(vector, lexical, top_k, expr)
-        return [_to_hit(h) for h in res[0]] if res else []
+        # BM25 scores are >= 0 and higher is better; milvus-lite reports them negated as distances
+        # (best first, most negative), Milvus as they are: abs() gives the score either way.
+        score = abs if mode == "lexical" else float
+        return [_to_hit(h, score) for h in res[0]] if res else []
 
     def _dense_params(self, limit: int) -> dict[str, Any]:
         """Search parameters of the dense index (the recall/latency knobs of HNSW and IVF)."""
@@ -323,7 +326,7 @@ def list_collections(client: Any, timeout: float) -> list[dict[str, Any]]:
     return out
 
 
-def _to_hit(h: Any) -> Hit:
+def _to_hit(h: Any, score: Callable[[float], float] = float) -> Hit:
     e = h["entity"] if "entity" in h else h
     return Hit(
         id=str(h.get("id", e.get("id"))),
@@ -332,7 +335,7 @@ def _to_hit(h: Any) -> Hit:
         title=e.get("title", ""),
         chunk_index=int(e["chunk_index"]),
         text=e["text"],
-        score=float(h["distance"]),
+        score=float(score(h["distance"])),
         tags=tuple(e.get("tags") or ()),
         created_at=int(e.get("created_at") or 0),
         updated_at=int(e.get("updated_at") or 0),

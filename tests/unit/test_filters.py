@@ -552,3 +552,26 @@ def test_dense_search_params_follow_the_index(index: str, limit: int, params: di
 
     store = ChunkStore(client=None, cfg=SearchConfig(index_type=index), dim=4)
     assert store._dense_params(limit) == {"metric_type": "IP", "params": params}
+
+
+def test_lexical_scores_are_positive_whatever_the_server_reports() -> None:
+    """milvus-lite returns BM25 scores negated (as distances, best first); Milvus returns them as
+    they are. Either way a hit's score is the BM25 score: higher is better."""
+    from deployments.config import SearchConfig
+    from deployments.search.store import ChunkStore
+
+    entity = {"doc_id": "d", "source": "s", "title": "", "chunk_index": 0, "text": "t", "tags": [],
+              "created_at": 0, "updated_at": 0, "doc_hash": "v"}
+
+    class Client:
+        def __init__(self, distances: list[float]) -> None:
+            self.distances = distances
+
+        def search(self, *args, **kwargs):
+            return [[{"id": f"c{i}", "distance": d, "entity": entity} for i, d in enumerate(self.distances)]]
+
+    for reported in ([-2.5, -1.0], [2.5, 1.0]):
+        store = ChunkStore(Client(reported), SearchConfig(), dim=4)
+        assert [h.score for h in store.search([0.0] * 4, "pump", 2, "lexical")] == [2.5, 1.0]
+    store = ChunkStore(Client([0.9, -0.2]), SearchConfig(), dim=4)
+    assert [h.score for h in store.search([0.0] * 4, "pump", 2, "dense")] == [0.9, -0.2]  # IP may be < 0
