@@ -56,21 +56,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from deployments.stack import REPLICA_ENV, ensure_milvus
 
     cfg = load_config_or_defaults(args.config)
+    if args.collection:  # the pipeline's actors open the collection the config names
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
+            "milvus": cfg.search.milvus.model_copy(update={"collection": args.collection})})})
     lite = ensure_milvus(cfg)
     try:
         start = time.perf_counter()
         embedder = Embedder(cfg.encoder)
-        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim, args.collection)
+        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim)
         store.ensure_collection()
-        store.purge_tombstones()  # left by an interrupted run; invisible, but not wanted
         if args.local:
             reports = ingest_paths(args.paths, store, embedder, cfg.ingest, cfg.preprocess)
         else:
             import ray
 
-            if args.collection:
-                cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
-                    "milvus": cfg.search.milvus.model_copy(update={"collection": args.collection})})})
+            store.purge_tombstones()  # left by an interrupted run (ingest_paths does it itself)
             ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
                      runtime_env={"env_vars": REPLICA_ENV})
             try:

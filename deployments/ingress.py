@@ -72,7 +72,6 @@ class Ingress:
                  rerank: Any = None) -> None:
         self.preprocess, self.encoder, self.search, self.generator = preprocess, encoder, search, generator
         self.rerank = rerank  # None unless reranker.enabled
-        self._default_collection_made = False
         self.cfg = cfg
         self.timeout = cfg.ingress.request_timeout_s
         self.max_body = cfg.ingress.max_body_bytes
@@ -333,11 +332,6 @@ class Ingress:
         if len({d.id for d in body.documents}) != len(body.documents):
             raise InvalidRequestError("document ids must be unique within a request", param="documents")
         collection = body.collection or self.cfg.search.milvus.collection
-        if collection == self.cfg.search.milvus.collection and not self._default_collection_made:
-            # The default collection exists without being created (as for searches); others must be.
-            dim = (await self._call(self.encoder.info.remote(), "encoder"))["dim"]
-            await self._call(self.search.create_collection.remote(collection, dim), "search")
-            self._default_collection_made = True
         writer = online.DocumentWriter(self.preprocess, self.encoder, self.search, self._call, self.cfg)
         results = await writer.upsert(collection, body.documents)
         return DocumentsResponse(collection=collection, results=results)
@@ -373,8 +367,6 @@ class Ingress:
         _path_param(name, COLLECTION_PATTERN, "name")
         if not await self._call(self.search.drop_collection.remote(name), "search"):
             raise NotFoundError(f"collection '{name}' does not exist", param="name")
-        if name == self.cfg.search.milvus.collection:
-            self._default_collection_made = False
         return {"name": name, "dropped": True}
 
     # ------------------------------------------------------------------ health

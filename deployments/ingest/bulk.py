@@ -73,12 +73,13 @@ class Embed:
         plans = [pipeline.plan(d, self.embedder.count_tokens, icfg, pcfg) for d in docs]
         states = self.store.document_states([d.doc_id for d in docs])
         todo = [p for p in plans if not pipeline.is_unchanged(p, states.get(p.doc.doc_id, {}))]
+        changed = {p.doc.doc_id for p in todo}
         texts = [t for p in todo for t in p.texts]
         vectors = iter(self.embedder.embed(texts, batch_size=icfg.embed_batch_size))
         out_reports, out_writes = [str(r) for r in batch["report"] if r], []
         for p in plans:
             stored = states.get(p.doc.doc_id, {})
-            if p not in todo:
+            if p.doc.doc_id not in changed:
                 out_reports.append(_json(FileReport(p.doc.source, "unchanged", len(p.texts), doc_id=p.doc.doc_id)))
                 continue
             rows = pipeline.rows(p, [next(vectors) for _ in p.texts], [document_lexical(t, pcfg) for t in p.texts])

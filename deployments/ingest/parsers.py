@@ -29,7 +29,7 @@ HTML_SUFFIXES = {".html", ".htm"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | {".pdf", ".jsonl"}
 _BLOCK_TAGS = ["p", "div", "br", "li", "ul", "ol", "tr", "td", "th", "table", "section", "article", "header",
                "footer", "main", "aside", "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "dt", "dd",
-               "figcaption", "hr", "title"]
+               "figcaption", "hr"]
 _BLANK_LINES = re.compile(r"\n[ \t]*(\n[ \t]*)+")
 
 
@@ -121,16 +121,10 @@ def _html(markup: str) -> tuple[str, str]:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(markup, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template", "head", "nav", "svg"]):
-        if tag.name == "head":
-            title = tag.find("title")
-            tag.replace_with(title) if title else tag.decompose()
-        else:
-            tag.decompose()
     title_tag = soup.find("title")
     title = title_tag.get_text(" ", strip=True) if title_tag else ""
-    if title_tag:
-        title_tag.decompose()
+    for tag in soup(["head", "title", "script", "style", "noscript", "template", "nav", "svg"]):
+        tag.decompose()
     if not title and (h1 := soup.find("h1")):
         title = h1.get_text(" ", strip=True)
     for tag in soup.find_all(_BLOCK_TAGS):  # line breaks around blocks only: "pump<b>s</b>" stays "pumps"

@@ -35,19 +35,25 @@ class Searcher:
         self.cfg = cfg
         self._client: Any = None
         self._stores: dict[str, ChunkStore] = {}
-        self._lock = threading.Lock()  # pymilvus is blocking: calls run in worker threads
+        self._lock = threading.RLock()  # pymilvus is blocking: calls run in worker threads
 
     # ------------------------------------------------------------------ plumbing
+    def _connected(self) -> Any:
+        """The Milvus client, opened on first use (and again after a failure forgot it)."""
+        with self._lock:
+            if self._client is None:
+                self._client = connect(self.cfg.milvus)
+            return self._client
+
     def _store(self, collection: str | None, dim: int = 0, create: bool | None = None) -> ChunkStore:
         """The loaded store of ``collection``. Only the default collection is created on first
-        use (so a fresh deployment answers with no hits); others must be created explicitly."""
+        use (so a fresh deployment answers with no hits and takes its first documents); others
+        must be created explicitly. Creating needs ``dim``, the vector size."""
         name = collection or self.cfg.milvus.collection
         with self._lock:
             store = self._stores.get(name)
             if store is None or (dim and store.dim != dim):
-                if self._client is None:
-                    self._client = connect(self.cfg.milvus)
-                store = ChunkStore(self._client, self.cfg, dim, name)
+                store = ChunkStore(self._connected(), self.cfg, dim, name)
                 store.ensure_collection(create=name == self.cfg.milvus.collection if create is None else create)
                 self._stores[name] = store
             return store
@@ -95,15 +101,23 @@ class Searcher:
 
     # ------------------------------------------------------------------ documents
     async def document_state(self, collection: str | None, doc_id: str) -> dict[str, str]:
-        """``{chunk id: version}`` of a stored document (empty when absent)."""
-        return await self._run("query", lambda: self._store(collection, create=False).document_state(doc_id))
+        """``{chunk id: version}`` of a stored document (empty when absent, also when the default
+        collection does not exist yet: the first write creates it)."""
+        def run() -> dict[str, str]:
+            try:
+                return self._store(collection, create=False).document_state(doc_id)
+            except NotFoundError:
+                if (collection or self.cfg.milvus.collection) != self.cfg.milvus.collection:
+                    raise
+                return {}
+
+        return await self._run("query", run)
 
     async def replace_document(self, collection: str | None, doc_id: str, rows: list[dict[str, Any]],
                                old_ids: list[str]) -> None:
         """Write a document version in one request (see ``ChunkStore.replace_document``)."""
         dim = len(rows[0]["dense"]) if rows else 0
-        await self._run("upsert", lambda: self._store(collection, dim, create=False).replace_document(
-            doc_id, rows, old_ids))
+        await self._run("upsert", lambda: self._store(collection, dim).replace_document(doc_id, rows, old_ids))
 
     async def delete_document(self, collection: str | None, doc_id: str) -> int:
         """Delete a document's chunks; returns how many were deleted."""
@@ -112,22 +126,12 @@ class Searcher:
     # ------------------------------------------------------------------ collections
     async def collections(self) -> list[dict[str, Any]]:
         """Every ragserve collection with its row count."""
-        def run() -> list[dict[str, Any]]:
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self.cfg.milvus)
-                client = self._client
-            return list_collections(client, self.cfg.milvus.timeout_s)
-
-        return await self._run("list", run)
+        return await self._run("list", lambda: list_collections(self._connected(), self.cfg.milvus.timeout_s))
 
     async def create_collection(self, name: str, dim: int) -> bool:
         """Create (and load) a collection; returns False when it already existed."""
         def run() -> bool:
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self.cfg.milvus)
-                store = ChunkStore(self._client, self.cfg, dim, name)
+            store = ChunkStore(self._connected(), self.cfg, dim, name)
             created = store.ensure_collection(create=True)
             with self._lock:
                 self._stores[name] = store
@@ -139,21 +143,12 @@ class Searcher:
         """Drop a collection; returns False when there was none."""
         def run() -> bool:
             with self._lock:
-                if self._client is None:
-                    self._client = connect(self.cfg.milvus)
                 self._stores.pop(name, None)
-                client = self._client
-            return ChunkStore(client, self.cfg, 0, name).drop()
+            return ChunkStore(self._connected(), self.cfg, 0, name).drop()
 
         return await self._run("drop", run)
 
     async def ready(self) -> dict[str, int | str]:
         """Whether Milvus answers: the default collection's name and row count (for /readyz)."""
-        def rows() -> int:
-            with self._lock:
-                if self._client is None:
-                    self._client = connect(self.cfg.milvus)
-                client = self._client
-            return ChunkStore(client, self.cfg, 0).stored_rows()
-
-        return {"collection": self.cfg.milvus.collection, "rows": await self._run("stats", rows)}
+        rows = await self._run("stats", lambda: ChunkStore(self._connected(), self.cfg, 0).stored_rows())
+        return {"collection": self.cfg.milvus.collection, "rows": rows}

@@ -40,9 +40,9 @@ def _array(fn: str, values: tuple[str, ...]) -> str:
 
 def compile_filter(f: Filter | None) -> str:
     """The Milvus expression for ``f`` (``None``: live rows only)."""
-    parts = [LIVE]
     if f is None:
         return LIVE
+    parts = [LIVE]
     if f.doc_ids:
         parts.append(_in("doc_id", f.doc_ids))
     if f.sources:

@@ -180,12 +180,7 @@ class ChunkStore:
     # ------------------------------------------------------------------ documents
     def document_state(self, doc_id: str) -> dict[str, str]:
         """``{chunk id: document version}`` of a document's live chunks (empty: not stored)."""
-        with milvus_errors("query", self.timeout):
-            rows = self.client.query(
-                self.name, filter=f"doc_id == {quote(doc_id)} and {LIVE}", output_fields=["id", "doc_hash"],
-                timeout=self.timeout,
-            )
-        return {r["id"]: r["doc_hash"] for r in rows}
+        return self.document_states([doc_id]).get(doc_id, {})
 
     def document_states(self, doc_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         """:meth:`document_state` of several documents in one query."""

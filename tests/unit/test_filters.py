@@ -527,13 +527,11 @@ def test_replace_nothing_makes_no_call() -> None:
 
 
 def test_document_state_and_purge_expressions() -> None:
-    client = FakeClient(rows=[{"id": "c0", "doc_hash": "v1"}, {"id": "c1", "doc_hash": "v1"}])
+    client = FakeClient(rows=[{"id": "c0", "doc_id": 'd"1', "doc_hash": "v1"},
+                              {"id": "c1", "doc_id": 'd"1', "doc_hash": "v1"}])
     store = _store(client)
     assert store.document_state('d"1') == {"c0": "v1", "c1": "v1"}
-    assert conditions(client.calls[0][2]["filter"]) == [
-        (("id", "doc_id"), ("op", "=="), ("str", 'd"1')),
-        LIVE_COND,
-    ]
+    assert conditions(client.calls[0][2]["filter"]) == [c_in("doc_id", ['d"1']), LIVE_COND]
     store.purge_tombstones()
     assert client.calls[1][0] == "delete" and conditions(client.calls[1][2]["filter"]) == [
         c_cmp("live", "==", False)
