@@ -23,7 +23,8 @@ import yaml
 
 from deployments import localcluster
 from deployments.bench import command as bench_command
-from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, env, load_config_or_defaults, load_serve_yaml
+from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, load_config_or_defaults, load_serve_yaml
+from deployments.envs import env
 from deployments.errors import RagServeError
 from deployments.evaluation import command as eval_command
 
@@ -53,7 +54,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from deployments.ingest import bulk
     from deployments.ingest.pipeline import ingest_paths
     from deployments.search.store import ChunkStore, connect
-    from deployments.stack import REPLICA_ENV, ensure_milvus
+    from deployments import envs
+    from deployments.stack import ensure_milvus
 
     cfg = load_config_or_defaults(args.config)
     if args.collection:  # the pipeline's actors open the collection the config names
@@ -72,7 +74,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
             store.purge_tombstones()  # left by an interrupted run (ingest_paths does it itself)
             ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": REPLICA_ENV})
+                     runtime_env=envs.runtime_env(passthrough=True))
             try:
                 reports = bulk.run(args.paths, cfg, embedder.dim, progress=not args.quiet)
             finally:

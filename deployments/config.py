@@ -6,35 +6,19 @@ hand those args to :func:`deployments.app.app_builder`, which validates them her
 ``ragserve`` CLI reads the same file. Each deployment receives only its own slice.
 
 Environment variables are for process toggles and secrets only; all of them are declared
-in :data:`ENV_VARS`.
+in :mod:`deployments.envs`.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deployments.envs import env
 from deployments.errors import ConfigError
-
-#: Every environment variable ragserve reads, with what it does.
-ENV_VARS: dict[str, str] = {
-    "RAGSERVE_CONFIG": "Path of the serve config YAML used by the CLI (default cluster/serve_config.yaml).",
-    "RAGSERVE_CACHE_DIR": "Where converted model weights are cached (default ~/.cache/ragserve).",
-    "RAGSERVE_MILVUS_TOKEN": "Token (or user:password) for a Milvus server; never put it in YAML.",
-    "RAGSERVE_LOG_LEVEL": "Log level of ragserve's own loggers (default INFO).",
-}
-
-
-def env(name: str, default: str | None = None) -> str | None:
-    """Read one of the declared :data:`ENV_VARS` (a typo is a bug, so it raises)."""
-    if name not in ENV_VARS:
-        raise KeyError(f"undeclared environment variable {name}")
-    return os.environ.get(name, default)
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.config import env
+from deployments.envs import env
 from deployments.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -8,25 +8,15 @@ Ray started by ``ray.init`` is shut down with ``ray.shutdown`` (never ``ray stop
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployments import envs
 from deployments.config import AppConfig
 from deployments.search.lite import LiteServer, is_listening, local_endpoint
 
 log = logging.getLogger(__name__)
-
-#: Environment every replica gets: no hub traffic, no tokenizer thread pools fighting the cores, and
-#: replica logs to Serve's log files only: streaming every access-log line to the driver through
-#: stderr cost a large share of the CPU under load (measured; see docs/benchmarks.md).
-#: vLLM must not reconfigure logging (it would close Serve's log handlers in the generator replica).
-REPLICA_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_SERVE_LOG_TO_STDERR": "0",
-               "VLLM_CONFIGURE_LOGGING": "0"}
-#: Runs in every Ray worker process before any replica starts (see deployments/procsetup.py).
-WORKER_SETUP_HOOK = "deployments.procsetup.worker_setup"
-
 
 def ensure_milvus(cfg: AppConfig) -> LiteServer | None:
     """Start a milvus-lite server when the configured URI is a loopback address nobody serves.
@@ -75,9 +65,7 @@ class LocalStack:
         t0 = time.perf_counter()
         self._milvus = ensure_milvus(self.cfg)
         if not ray.is_initialized():
-            env = {**REPLICA_ENV, **{k: v for k, v in os.environ.items() if k.startswith("RAGSERVE_")}}
-            runtime_env = {"env_vars": env, "worker_process_setup_hook": WORKER_SETUP_HOOK}
-            ray.init(address=self.ray_address, include_dashboard=False, runtime_env=runtime_env,
+            ray.init(address=self.ray_address, include_dashboard=False, runtime_env=envs.runtime_env(passthrough=True),
                      logging_level=logging.WARNING)
             self._own_ray = self.ray_address is None
         t1 = time.perf_counter()

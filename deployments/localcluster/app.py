@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -45,7 +44,8 @@ def deploy_app(state: ClusterState, serve_yaml: dict[str, Any], timeout_s: float
 
     from deployments.app import build_app
     from deployments.config import parse_app_config
-    from deployments.stack import REPLICA_ENV, WORKER_SETUP_HOOK, ensure_milvus
+    from deployments import envs
+    from deployments.stack import ensure_milvus
 
     app = serve_yaml["applications"][0]
     cfg = parse_app_config(placement_args(app.get("args") or {}), where="applications[0].args")
@@ -62,10 +62,9 @@ def deploy_app(state: ClusterState, serve_yaml: dict[str, Any], timeout_s: float
         raise RuntimeError(f"HTTP port {http['port']} on 127.0.0.1 is in use (http_options.port)")
     if serve_yaml.get("proxy_location", "HeadOnly") != "HeadOnly":
         log.info("proxy_location %s -> HeadOnly: all nodes share 127.0.0.1", serve_yaml["proxy_location"])
-    runtime_env = json.loads(json.dumps(app.get("runtime_env") or {
-        "env_vars": REPLICA_ENV, "worker_process_setup_hook": WORKER_SETUP_HOOK}))
-    runtime_env.setdefault("env_vars", {}).update(
-        {k: v for k, v in os.environ.items() if k.startswith("RAGSERVE_")})
+    # The YAML's runtime_env (a user may add to it) else the declared one; this shell's RAGSERVE_* on top.
+    runtime_env = json.loads(json.dumps(app.get("runtime_env") or envs.runtime_env()))
+    runtime_env.setdefault("env_vars", {}).update(envs.replica_env(passthrough=True))
     ray.init(address=state.address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
     try:
         _wait_nodes(len(state.nodes), timeout_s)

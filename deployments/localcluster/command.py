@@ -47,7 +47,8 @@ def add_parser(sub: Any) -> None:
 
 def cmd_up(args: Any) -> int:
     """Start the head and worker nodes, then deploy the app across them."""
-    from deployments.config import DEFAULT_CONFIG_PATH, env, load_serve_yaml
+    from deployments.config import DEFAULT_CONFIG_PATH, load_serve_yaml
+    from deployments.envs import env
 
     run_dir = Path(args.run_dir)
     serve_yaml = load_serve_yaml(args.config or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)

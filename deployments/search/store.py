@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from deployments.config import MilvusConfig, SearchConfig, env
+from deployments.config import MilvusConfig, SearchConfig
+from deployments.envs import env
 from deployments.errors import ConflictError, DependencyTimeoutError, DependencyUnavailableError, NotFoundError
 from deployments.protocol import Filter, Hit
 from deployments.search.filters import LIVE, compile_filter, quote

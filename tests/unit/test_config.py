@@ -14,11 +14,9 @@ import yaml
 from pydantic import ValidationError
 
 from deployments.config import (
-    ENV_VARS,
     AppConfig,
     AutoscalingOptions,
     DeploymentOptions,
-    env,
     load_config,
     load_serve_yaml,
     parse_app_config,
@@ -144,16 +142,6 @@ def test_every_field_is_described() -> None:
         return missing
 
     assert walk(AppConfig) == []
-
-
-def test_env_rejects_undeclared_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(KeyError):
-        env("RAGSERVE_CACHEDIR")
-    monkeypatch.setenv("RAGSERVE_LOG_LEVEL", "DEBUG")
-    assert env("RAGSERVE_LOG_LEVEL") == "DEBUG"
-    monkeypatch.delenv("RAGSERVE_LOG_LEVEL")
-    assert env("RAGSERVE_LOG_LEVEL", "INFO") == "INFO"
-    assert all(name.startswith("RAGSERVE_") for name in ENV_VARS)
 
 
 @pytest.mark.parametrize("apps", [[], [{"name": "a"}, {"name": "b"}], None, {"name": "a"}])

@@ -1,0 +1,90 @@
+"""Every environment variable ragserve reads or sets, declared once (vLLM's ``envs.py`` is the model).
+
+Three kinds:
+
+* ``read``: toggles and secrets ragserve reads (all ``RAGSERVE_*``), through :func:`env` only;
+  a typo is a bug, so reading an undeclared name raises. Configuration always wins over
+  them: they hold only what does not belong in a YAML (secrets, the config's own path).
+* ``replica``: the fixed environment of every Ray worker process of the app, in
+  :func:`replica_env`. It is what ``cluster/serve_config.yaml`` declares as its
+  ``runtime_env.env_vars`` (a unit test keeps the two equal), and what ``ragserve serve``, the
+  local cluster, bulk ingestion and the RayService (through the same YAML) start workers with.
+* ``engine``: set by the generator replica from its config right before vLLM starts (vLLM
+  reads them from the environment). They are assigned, never ``setdefault``: an inherited
+  value must not silently override the config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: who reads or sets it, and why."""
+
+    name: str
+    kind: Literal["read", "replica", "engine"]
+    help: str
+    value: str | None = None  # the fixed value of a `replica` variable
+
+
+VARS: tuple[EnvVar, ...] = (
+    EnvVar("RAGSERVE_CONFIG", "read", "Path of the serve config YAML used by the CLI (default cluster/serve_config.yaml)."),
+    EnvVar("RAGSERVE_CACHE_DIR", "read", "Where converted model weights are cached (default ~/.cache/ragserve)."),
+    EnvVar("RAGSERVE_MILVUS_TOKEN", "read", "Token (or user:password) for a Milvus server; never put it in YAML."),
+    EnvVar("RAGSERVE_LOG_LEVEL", "read", "Log level of ragserve's own loggers (default INFO)."),
+    EnvVar("HF_HUB_OFFLINE", "replica", "No model-hub traffic: models are bundled, local paths or pre-cached.", "1"),
+    EnvVar("TOKENIZERS_PARALLELISM", "replica",
+           "No tokenizer thread pools fighting the replicas' cores (and no fork warnings).", "false"),
+    EnvVar("RAY_SERVE_LOG_TO_STDERR", "replica",
+           "Replica logs go to Serve's log files only: streaming every access-log line to the driver "
+           "cost a large share of the CPU under load (docs/benchmarks.md).", "0"),
+    EnvVar("VLLM_CONFIGURE_LOGGING", "replica",
+           "vLLM must not call dictConfig: it would close Serve's log handlers in the generator replica.", "0"),
+    EnvVar("VLLM_CPU_KVCACHE_SPACE", "engine", "KV cache of a CPU engine in GiB: generator.cpu_kv_cache_gib."),
+    EnvVar("VLLM_CPU_OMP_THREADS_BIND", "engine",
+           "Cores the CPU engine's OpenMP threads are bound to: the resolved generator.hardware.threads_bind."),
+    EnvVar("OMP_NUM_THREADS", "engine", "OpenMP threads of the CPU engine: the resolved generator.hardware.threads."),
+    EnvVar("VLLM_HOST_IP", "engine", "A single-process engine talks to itself only: its sockets stay on loopback."),
+    EnvVar("LD_PRELOAD", "engine",
+           "Allocator/OpenMP libraries preloaded into the CPU engine process (generator.hardware.preload)."),
+)
+_BY_NAME = {v.name: v for v in VARS}
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read a declared ``read`` variable (an undeclared or non-``read`` name raises KeyError)."""
+    var = _BY_NAME.get(name)
+    if var is None or var.kind != "read":
+        raise KeyError(f"undeclared environment variable {name}")
+    return os.environ.get(name, default)
+
+
+def replica_env(passthrough: bool = False) -> dict[str, str]:
+    """The environment of every worker process of the app.
+
+    Args:
+        passthrough: also pass this process's own ``read`` variables on (``ragserve serve``
+            started with ``RAGSERVE_MILVUS_TOKEN`` set hands the token to its replicas).
+    """
+    out = {v.name: v.value for v in VARS if v.kind == "replica" and v.value is not None}
+    if passthrough:
+        out.update({v.name: os.environ[v.name] for v in VARS if v.kind == "read" and v.name in os.environ})
+    return out
+
+
+def declared(kind: str) -> tuple[str, ...]:
+    """Names of the declared variables of one kind."""
+    return tuple(v.name for v in VARS if v.kind == kind)
+
+
+#: Runs in every Ray worker process before any replica starts (see deployments/procsetup.py).
+WORKER_SETUP_HOOK = "deployments.procsetup.worker_setup"
+
+
+def runtime_env(passthrough: bool = False) -> dict[str, object]:
+    """The Ray ``runtime_env`` of the app's workers: :func:`replica_env` and the setup hook."""
+    return {"env_vars": replica_env(passthrough), "worker_process_setup_hook": WORKER_SETUP_HOOK}

@@ -1,0 +1,42 @@
+"""The environment-variable registry: reads are declared, the replica environment is one fact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments import envs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_env_rejects_undeclared_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(KeyError):
+        envs.env("RAGSERVE_CACHEDIR")
+    with pytest.raises(KeyError):  # declared, but set by ragserve, not read through env()
+        envs.env("VLLM_CPU_KVCACHE_SPACE")
+    monkeypatch.setenv("RAGSERVE_LOG_LEVEL", "DEBUG")
+    assert envs.env("RAGSERVE_LOG_LEVEL") == "DEBUG"
+    monkeypatch.delenv("RAGSERVE_LOG_LEVEL")
+    assert envs.env("RAGSERVE_LOG_LEVEL", "INFO") == "INFO"
+    assert all(name.startswith("RAGSERVE_") for name in envs.declared("read"))
+
+
+def test_replica_env_passes_on_only_declared_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGSERVE_MILVUS_TOKEN", "root:secret")
+    monkeypatch.setenv("RAGSERVE_NOT_DECLARED", "x")
+    plain, passed = envs.replica_env(), envs.replica_env(passthrough=True)
+    assert "RAGSERVE_MILVUS_TOKEN" not in plain
+    assert passed["RAGSERVE_MILVUS_TOKEN"] == "root:secret"
+    assert "RAGSERVE_NOT_DECLARED" not in passed
+    assert plain == {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_SERVE_LOG_TO_STDERR": "0",
+                     "VLLM_CONFIGURE_LOGGING": "0"}
+
+
+def test_serve_config_declares_the_registry_runtime_env() -> None:
+    """The committed Serve config (what `serve run`/the RayService start) holds exactly the
+    declared replica environment and setup hook."""
+    app = yaml.safe_load((REPO / "cluster" / "serve_config.yaml").read_text())["applications"][0]
+    assert app["runtime_env"] == envs.runtime_env()
