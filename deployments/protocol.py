@@ -134,6 +134,9 @@ class SamplingParams(_Msg):
     top_p: float
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    max_tokens_is_default: bool = Field(
+        False, description="max_tokens is the server's default, not the caller's: the generator may lower it "
+        "to fit the prompt into the context instead of rejecting the request.")
 
 
 class ChatMessage(BaseModel):
@@ -144,21 +147,52 @@ class ChatMessage(BaseModel):
     content: str = Field(max_length=200_000)
 
 
-class GenerationRequest(_Msg):
-    """Prompt for the generator: chat messages (templated by the engine's tokenizer)."""
+class RagPrompt(_Msg):
+    """A retrieval-augmented prompt, packed into the context window by the generator (which owns
+    the tokenizer): the passages are budgeted in the model's own tokens."""
 
-    messages: tuple[ChatMessage, ...]
+    system_prompt: str = Field(description="ragserve's grounding instructions.")
+    question: str = Field(description="The user's question (the last user turn of a chat).")
+    hits: tuple[Hit, ...] = Field(description="Retrieved passages, best first; they become sources [1]..[n].")
+    history: tuple[ChatMessage, ...] = Field((), description="Earlier chat turns, client system messages included.")
+    passage_chars: int = Field(description="Longest passage text put in the prompt, in characters.")
+
+
+class GenerationRequest(_Msg):
+    """Prompt for the generator: chat messages as given, or a :class:`RagPrompt` to pack (one of
+    the two). Both are templated by the engine's tokenizer."""
+
+    messages: tuple[ChatMessage, ...] = ()
+    rag: RagPrompt | None = None
     sampling: SamplingParams
     request_id: str
+    #: The public field that holds the user's own prompt text, named when it alone does not fit.
+    prompt_param: str = "messages"
+
+
+class PackedContext(_Msg):
+    """Which retrieved passages went into the prompt (numbers are the sources' ``n``)."""
+
+    sources: tuple[int, ...] = Field(description="Sources in the prompt, as [n] there.")
+    trimmed: tuple[int, ...] = Field((), description="Sources cut short to fit the context window.")
+    dropped: tuple[int, ...] = Field((), description="Retrieved sources left out: no room in the context window.")
+    prompt_tokens: int = Field(description="Tokens of the packed prompt.")
+    max_tokens: int = Field(description="Completion tokens reserved (lowered from the default when needed).")
 
 
 class GenerationChunk(_Msg):
-    """One streamed piece of generated text; the last has ``finish_reason`` and counts."""
+    """One streamed piece of generated text; the last has ``finish_reason`` and counts.
+
+    The first chunk of every generation is sent as soon as the generator has admitted the
+    request, before the engine produces a token: it carries no text, and ``context`` for a
+    :class:`RagPrompt`. (The ingress answers 503 when it does not arrive in time.)
+    """
 
     text: str
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    context: PackedContext | None = None
 
 
 # --------------------------------------------------------------------------- public API
@@ -235,6 +269,8 @@ class QueryResponse(BaseModel):
     )
     finish_reason: str | None
     usage: Usage
+    context: PackedContext | None = Field(
+        None, description="Which sources went into the prompt (the rest did not fit the model's context window).")
 
 
 class EmbeddingsRequest(_Req):

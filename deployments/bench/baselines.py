@@ -39,48 +39,55 @@ def inprocess_retrieval(cfg: AppConfig, questions: Sequence[str], n: int) -> dic
     return {"p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "n": len(lat)}
 
 
-def bare_vllm(cfg: AppConfig, prompts: Sequence[str], concurrency: int, n: int, max_tokens: int) -> dict[str, float]:
-    """Throughput and TTFT of the engine alone, same chat template and sampling as /v1/generate."""
-    return asyncio.run(_bare_vllm(cfg, prompts, concurrency, n, max_tokens))
+def bare_vllm(cfg: AppConfig, prompts: Sequence[str], requests: dict[int, int], max_tokens: int) -> dict[str, object]:
+    """Throughput and TTFT of the engine alone, same chat template and sampling as /v1/generate,
+    for each ``{concurrency: requests}`` in turn (one engine, started once); plus the engine
+    settings it resolved."""
+    return asyncio.run(_bare_vllm(cfg, prompts, requests, max_tokens))
 
 
-async def _bare_vllm(cfg: AppConfig, prompts: Sequence[str], concurrency: int, n: int,
-                     max_tokens: int) -> dict[str, float]:
+async def _bare_vllm(cfg: AppConfig, prompts: Sequence[str], requests: dict[int, int],
+                     max_tokens: int) -> dict[str, object]:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     from deployments.generator.deployment import build_engine
 
-    engine = build_engine(cfg.generator, ray_metrics=False)
+    engine, settings = build_engine(cfg.generator, ray_metrics=False)
     tok = engine.tokenizer
     texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
              for p in prompts]
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, output_kind=RequestOutputKind.DELTA)
-    ttfts: list[float] = []
-    tokens = 0
-    counter = iter(range(n))
 
-    async def worker() -> None:
-        nonlocal tokens
-        for i in counter:
-            t, first = time.perf_counter(), None
-            async for out in engine.generate(texts[i % len(texts)], params, f"bare-{i}"):
-                if first is None:
-                    first = time.perf_counter() - t
-                tokens += len(out.outputs[0].token_ids)
-            ttfts.append(first * 1000)
+    async def step(concurrency: int, n: int) -> dict[str, float]:
+        ttfts: list[float] = []
+        tokens = 0
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            nonlocal tokens
+            for i in counter:
+                t, first = time.perf_counter(), None
+                async for out in engine.generate(texts[i % len(texts)], params, f"bare-{concurrency}-{i}"):
+                    if first is None:
+                        first = time.perf_counter() - t
+                    tokens += len(out.outputs[0].token_ids)
+                ttfts.append(first * 1000)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        return {"tokens_per_s": tokens / elapsed, "requests_per_s": n / elapsed,
+                "ttft_p50_ms": percentile(ttfts, 50), "concurrency": concurrency, "n": n}
 
     try:
         for i in range(2):  # warm up
             async for _ in engine.generate(texts[i], params, f"warm-{i}"):
                 pass
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        steps = {c: await step(c, n) for c, n in requests.items()}
     finally:
         engine.shutdown()
-    return {"tokens_per_s": tokens / elapsed, "requests_per_s": n / elapsed,
-            "ttft_p50_ms": percentile(ttfts, 50), "concurrency": concurrency, "n": n}
+    return {"steps": steps, "engine": settings.model_dump(mode="json", exclude={"facts"})}
 
 
 def encoder_batching(cfg: AppConfig, texts: Sequence[str], concurrency: int, n: int,

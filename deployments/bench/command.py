@@ -11,6 +11,10 @@ from deployments.bench.stats import StepResult
 from deployments.config import AppConfig, load_config_or_defaults
 
 
+#: Concurrencies at which generation through Serve is compared with the bare engine.
+GENERATION_BASELINE_CONCURRENCY = (1, 16)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``bench`` subcommand."""
     s = sub.add_parser("bench", help="load-test retrieval, generation, both, or embeddings")
@@ -39,13 +43,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     loads = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rates).split(",")]
     metrics = args.metrics_url or ([] if args.settle <= 0 else runner.metrics_urls())
+    extra: dict = {"machine": machine(args.url)}
     print(runner.HEADER)
     results = runner.run_steps(args.url, targets, args.mode, loads, args.duration, args.max_requests,
                                args.max_tokens, metrics, args.settle)
-    extra = {"baselines": run_baselines(args, cfg, results)} if args.baselines else {}
+    if args.baselines:
+        extra["baselines"] = run_baselines(args, cfg, results)
     paths = runner.write_report(results, Path(args.out), extra)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 1 if any(r.errors for r in results) else 0
+
+
+def machine(url: str) -> dict:
+    """What every report records: this machine's CPU (model, relevant flags, cores) and the
+    engine settings the running app resolved (from its /readyz)."""
+    import httpx
+
+    from deployments.generator.hardware import HardwareFacts
+
+    out: dict = {"facts": HardwareFacts.detect().model_dump(mode="json")}
+    try:
+        out["app_generator"] = httpx.get(f"{url}/readyz", timeout=10).json()["stages"]["generator"]
+    except (httpx.HTTPError, KeyError, ValueError) as e:
+        out["app_generator"] = {"error": str(e)}
+    f = out["facts"]
+    print(f"machine: {f['cpu_model']}, {len(f['allowed_cpus'])} CPUs, flags {','.join(f['cpu_flags'])}; "
+          f"gpu {f['gpu']}; app engine {out['app_generator'].get('engine', {}).get('dtype')}")
+    return out
 
 
 def _step(args, target: str, concurrency: int, results: list[StepResult]) -> StepResult:
@@ -59,7 +83,7 @@ def _step(args, target: str, concurrency: int, results: list[StepResult]) -> Ste
 
 
 def run_baselines(args: argparse.Namespace, cfg: AppConfig, results: list[StepResult]) -> dict:
-    """(a) Serve vs in-process retrieval at c=1, (b) Serve vs bare vLLM at c=16,
+    """(a) Serve vs in-process retrieval at c=1, (b) Serve vs bare vLLM at c=1 and c=16,
     (c) batched vs unbatched encoder at c=32. Printed and returned for the JSON report."""
     questions = runner.sample_questions()
     which = set(args.baselines.split(","))
@@ -67,7 +91,7 @@ def run_baselines(args: argparse.Namespace, cfg: AppConfig, results: list[StepRe
     if "a" in which:
         out["a_retrieve_c1"] = _retrieval_baseline(args, cfg, questions, results)
     if "b" in which:
-        out["b_generate_c16"] = _generation_baseline(args, cfg, questions, results)
+        out.update(_generation_baseline(args, cfg, questions, results))
     if "c" in which:
         out["c_encoder_c32"] = baselines.encoder_batching(cfg, questions, concurrency=32, n=640)
     print("\nbaselines:\n" + json.dumps(out, indent=2))
@@ -82,10 +106,15 @@ def _retrieval_baseline(args, cfg: AppConfig, questions: list[str], results: lis
 
 
 def _generation_baseline(args, cfg: AppConfig, questions: list[str], results: list[StepResult]) -> dict:
-    served = _step(args, "generate", 16, results)
-    bare = baselines.bare_vllm(cfg, questions, concurrency=16, n=max(32, int(served.requests)),
+    served = {c: _step(args, "generate", c, results) for c in GENERATION_BASELINE_CONCURRENCY}
+    bare = baselines.bare_vllm(cfg, questions, {c: max(2 * c, int(s.requests)) for c, s in served.items()},
                                max_tokens=args.max_tokens)
-    return {"serve_tokens_per_s": served.tokens_per_s, "bare_tokens_per_s": bare["tokens_per_s"],
-            "throughput_ratio": served.tokens_per_s / bare["tokens_per_s"],
-            "serve_ttft_p50_ms": served.ttft_p50_ms, "bare_ttft_p50_ms": bare["ttft_p50_ms"],
-            "ttft_overhead_ms": served.ttft_p50_ms - bare["ttft_p50_ms"]}
+    out: dict = {"b_bare_engine": bare["engine"]}
+    for c, s in served.items():
+        b = bare["steps"][c]
+        out[f"b_generate_c{c}"] = {
+            "serve_tokens_per_s": s.tokens_per_s, "bare_tokens_per_s": b["tokens_per_s"],
+            "throughput_ratio": s.tokens_per_s / b["tokens_per_s"],
+            "serve_ttft_p50_ms": s.ttft_p50_ms, "bare_ttft_p50_ms": b["ttft_p50_ms"],
+            "ttft_overhead_ms": s.ttft_p50_ms - b["ttft_p50_ms"]}
+    return out

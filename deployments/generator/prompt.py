@@ -14,26 +14,33 @@ from deployments.protocol import ChatMessage, Hit
 _CITE = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 
 
+def source_line(n: int, hit: Hit, passage_chars: int) -> str:
+    """Source ``[n]`` as one line, ``[n] title: text``, its text cut to ``passage_chars``."""
+    text = " ".join(hit.text.split())
+    if len(text) > passage_chars:
+        text = text[:passage_chars].rstrip() + " ..."
+    return f"[{n}] {hit.title}: {text}" if hit.title else f"[{n}] {text}"
+
+
 def format_sources(hits: Sequence[Hit], passage_chars: int) -> str:
     """One line per passage, ``[n] title: text``, each text cut to ``passage_chars``.
 
     Compact on purpose: small models (SmolLM2-135M) answered noticeably more often from
     one-line sources than from multi-line blocks with headers, in trials on the sample corpus.
     """
-    lines = []
-    for n, h in enumerate(hits, start=1):
-        text = " ".join(h.text.split())
-        if len(text) > passage_chars:
-            text = text[:passage_chars].rstrip() + " ..."
-        lines.append(f"[{n}] {h.title}: {text}" if h.title else f"[{n}] {text}")
-    return "\n".join(lines)
+    return "\n".join(source_line(n, h, passage_chars) for n, h in enumerate(hits, start=1))
 
 
 def user_turn(question: str, hits: Sequence[Hit], passage_chars: int) -> str:
     """The user message that carries the sources and the question."""
-    if not hits:
+    return user_turn_of_lines(question, format_sources(hits, passage_chars).splitlines())
+
+
+def user_turn_of_lines(question: str, lines: Sequence[str]) -> str:
+    """:func:`user_turn` from already formatted source lines (the packer trims them)."""
+    if not lines:
         return f"There are no sources for this question.\n\nQuestion: {question}"
-    return f"Sources:\n{format_sources(hits, passage_chars)}\n\nQuestion: {question}"
+    return "Sources:\n" + "\n".join(lines) + f"\n\nQuestion: {question}"
 
 
 def rag_messages(
@@ -53,13 +60,19 @@ def rag_messages(
         passage_chars: longest passage text put in the prompt.
         history: earlier chat turns (without the final user question).
     """
+    return messages_of_lines(system_prompt, question, format_sources(hits, passage_chars).splitlines(), history)
+
+
+def messages_of_lines(system_prompt: str, question: str, lines: Sequence[str],
+                      history: Sequence[ChatMessage] = ()) -> tuple[ChatMessage, ...]:
+    """:func:`rag_messages` from already formatted source lines."""
     client_system = [m.content for m in history if m.role == "system"]
     system = "\n\n".join([system_prompt, *client_system])
     turns = [m for m in history if m.role != "system"]
     return (
         ChatMessage(role="system", content=system),
         *turns,
-        ChatMessage(role="user", content=user_turn(question, hits, passage_chars)),
+        ChatMessage(role="user", content=user_turn_of_lines(question, lines)),
     )
 
 

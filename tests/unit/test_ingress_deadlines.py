@@ -15,7 +15,7 @@ import pytest
 from deployments.config import parse_app_config
 from deployments.errors import OverloadedError
 from deployments.ingress import Ingress
-from deployments.protocol import ChatMessage, GenerationChunk, GenerationRequest, SamplingParams
+from deployments.protocol import ChatMessage, GenerationChunk, GenerationRequest, PackedContext, SamplingParams
 
 REQ = GenerationRequest(messages=(ChatMessage(role="user", content="hi"),),
                         sampling=SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0), request_id="r1")
@@ -53,7 +53,7 @@ class FakeHandle:
 def ingress(stream: FakeStream) -> SimpleNamespace:
     """The Ingress methods under test bound to a plain object (no Serve wrapper instance)."""
     cls = Ingress.func_or_class
-    cfg = parse_app_config({"generator": {"first_token_timeout_s": 0.2}})
+    cfg = parse_app_config({"generator": {"accept_timeout_s": 0.2}})
     obj = SimpleNamespace(generator=FakeHandle(stream), cfg=cfg)
     obj._generate = lambda req: cls._generate(obj, req)
     obj._started = lambda req: cls._started(obj, req)
@@ -82,17 +82,21 @@ def test_started_raises_before_a_streaming_response_begins() -> None:
         asyncio.run(main())
 
 
-def test_started_replays_the_first_chunk_then_the_rest() -> None:
-    chunks = [GenerationChunk(text="a"), GenerationChunk(text="b"), GenerationChunk(text="", finish_reason="stop")]
+def test_started_returns_the_admission_context_then_the_text() -> None:
+    ctx = PackedContext(sources=(1, 2), dropped=(3,), prompt_tokens=900, max_tokens=64)
+    chunks = [GenerationChunk(text="", context=ctx), GenerationChunk(text="a"), GenerationChunk(text="b"),
+              GenerationChunk(text="", finish_reason="stop")]
 
-    async def main() -> list[str]:
-        return await drain(await ingress(FakeStream(chunks))._started(REQ))
+    async def main() -> tuple[PackedContext | None, list[str]]:
+        context, rest = await ingress(FakeStream(chunks))._started(REQ)
+        return context, await drain(rest)
 
-    assert asyncio.run(main()) == ["a", "b", ""]
+    assert asyncio.run(main()) == (ctx, ["a", "b", ""])
 
 
 def test_empty_stream_ends_cleanly() -> None:
-    async def main() -> list[str]:
-        return await drain(await ingress(FakeStream([]))._started(REQ))
+    async def main() -> tuple[PackedContext | None, list[str]]:
+        context, rest = await ingress(FakeStream([]))._started(REQ)
+        return context, await drain(rest)
 
-    assert asyncio.run(main()) == []
+    assert asyncio.run(main()) == (None, [])
