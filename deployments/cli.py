@@ -1,4 +1,4 @@
-"""``ragserve`` command line: serve, ingest, ask, status, config, demo.
+"""``ragserve`` command line: serve, ingest, ask, status, config, demo, render.
 
 Every command reads the one config (``--config``, else ``RAGSERVE_CONFIG``, else
 ``cluster/serve_config.yaml``, else the schema defaults).
@@ -27,6 +27,7 @@ from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, load_config_or_de
 from deployments.envs import env
 from deployments.errors import RagServeError
 from deployments.evaluation import command as eval_command
+from deployments.render import command as render_command
 
 log = logging.getLogger("ragserve")
 
@@ -215,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
     bench_command.add_parser(sub)
     localcluster.add_parser(sub)
     eval_command.add_parser(sub)
+    render_command.add_parser(sub)
     s = sub.add_parser("config", help="validate and print the config, or its schema")
     s.add_argument("--schema", action="store_true")
     s.set_defaults(fn=cmd_config)

@@ -1,9 +1,9 @@
 """Unit tests of the Kubernetes deployment under ``k8s/`` (no cluster, no Ray runtime).
 
-Covers: ``k8s/render.py`` is deterministic, the committed rendered files are current and
-``--check`` catches a stale copy; each ``serveConfigV2`` parses back to the merged Serve config
+Covers (the render/check loop itself is tests/unit/test_render.py): the manifests rendered by
+:mod:`deployments.render.k8s` are the expected set; each ``serveConfigV2`` parses back to the merged Serve config
 (args valid for ``parse_app_config``, structure valid for Ray's ``ServeDeploySchema``); the overlay
-merge and its error messages; the worker-group arithmetic of ``k8s/capacity.py`` (GPU capacity
+merge and its error messages; the worker-group arithmetic of :mod:`deployments.render.capacity` (GPU capacity
 check, any-fit CPU bound checked against simulated packings); and every manifest — each file under
 ``k8s/base`` and each object of each ``kubectl kustomize`` build — against its schema, strictly:
 core kinds with ``kubernetes-validate``, custom resources (RayService, PodMonitor, ...) with
@@ -21,7 +21,6 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,13 @@ from typing import Any
 import pytest
 import yaml
 
+from deployments import stages
 from deployments.config import DeploymentOptions, load_config, parse_app_config
 from deployments.errors import ConfigError
+from deployments.render import capacity
+from deployments.render import k8s as render
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # k8s/ is a directory of scripts, imported as a namespace package
-    sys.path.insert(0, str(REPO))
-
-from k8s import capacity, render  # noqa: E402
 
 SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
 K8S_VERSION = "1.30.0"
@@ -62,7 +60,7 @@ def _rendered_rayservice(env_name: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- renderer
 def test_render_is_deterministic() -> None:
-    first, second = render.render_all(), render.render_all()
+    first, second = render.render_all(REPO), render.render_all(REPO)
     assert first == second
     assert set(first) == {
         "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml",
@@ -73,9 +71,9 @@ def test_render_is_deterministic() -> None:
 
 def test_monitoring_resources_come_from_the_monitoring_generator() -> None:
     """The PrometheusRule holds exactly the cluster/monitoring rule groups, the ConfigMap the dashboard."""
-    from deployments import monitoring
+    from deployments.render import monitoring
 
-    out = render.render_all()
+    out = render.render_all(REPO)
     rule = yaml.safe_load(out["k8s/base/monitoring/prometheusrule.yaml"])
     names = [g["name"] for g in rule["spec"]["groups"]]
     local = [g["name"] for f in ("recording.yml", "alerts.yml")
@@ -85,28 +83,10 @@ def test_monitoring_resources_come_from_the_monitoring_generator() -> None:
     assert json.loads(cm["data"]["ragserve-dashboard.json"]) == monitoring.dashboard()
 
 
-def test_committed_files_are_current(capsys: pytest.CaptureFixture[str]) -> None:
-    assert render.stale_files(render.render_all(), REPO) == []
-    assert render.main(["--check"]) == 0
-    assert "up to date" in capsys.readouterr().out
-
-
-def test_check_fails_on_a_stale_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert render.main(["--root", str(tmp_path)]) == 0
-    assert render.main(["--check", "--root", str(tmp_path)]) == 0
-    target = tmp_path / "k8s/base/rayservice.yaml"
-    target.write_text(target.read_text().replace("maxReplicas: 4", "maxReplicas: 3"))
-    assert render.main(["--check", "--root", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "stale: k8s/base/rayservice.yaml" in err and "-      maxReplicas: 3" in err
-    target.unlink()
-    assert render.main(["--check", "--root", str(tmp_path)]) == 1
-
-
 @pytest.mark.parametrize("env_name", sorted(ENVS))
 def test_serve_config_v2_is_the_merged_config(env_name: str) -> None:
     env = ENVS[env_name]
-    serve, cfg, _ = render.merged_serve_config(REPO / env.overlay)
+    serve, cfg, _ = render.merged_serve_config(REPO / env.overlay, REPO)
     embedded = yaml.safe_load(_rendered_rayservice(env_name)["spec"]["serveConfigV2"])
     assert embedded == serve
     assert parse_app_config(embedded["applications"][0]["args"]) == cfg
@@ -145,9 +125,9 @@ def test_serve_config_v2_is_a_valid_ray_serve_config(env_name: str) -> None:
 
 
 def test_prod_overlay_scales_every_stage_on_its_own() -> None:
-    serve, cfg, overlay = render.merged_serve_config(REPO / ENVS["prod"].overlay)
-    for stage in capacity.STAGES:
-        assert getattr(cfg, stage).deployment.autoscaling is not None, stage
+    serve, cfg, overlay = render.merged_serve_config(REPO / ENVS["prod"].overlay, REPO)
+    for stage in stages.enabled(cfg):
+        assert stage.config(cfg).deployment.autoscaling is not None, stage.name
     assert cfg.generator.deployment.resources.num_gpus == 1 and not cfg.generator.enforce_eager
     assert 0 < cfg.encoder.deployment.resources.num_cpus % 1 and cfg.encoder.device == "cpu"
     assert cfg.encoder.model == "sentence-transformers/all-MiniLM-L6-v2"
@@ -158,7 +138,7 @@ def test_prod_overlay_scales_every_stage_on_its_own() -> None:
 
 
 def test_cpu_dev_overlay_has_no_gpu() -> None:
-    _, cfg, overlay = render.merged_serve_config(REPO / ENVS["cpu-dev"].overlay)
+    _, cfg, overlay = render.merged_serve_config(REPO / ENVS["cpu-dev"].overlay, REPO)
     assert overlay.kubernetes.gpu_workers is None and overlay.kubernetes.image.endswith("-cpu")
     assert cfg.generator.deployment.resources.num_gpus == 0 and cfg.generator.enforce_eager
     groups = _rendered_rayservice("cpu-dev")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
@@ -192,7 +172,7 @@ def _overlay(tmp_path: Path, **changes: Any) -> Path:
 )
 def test_bad_overlays_are_rejected_by_name(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        render.merged_serve_config(_overlay(tmp_path, **changes))
+        render.merged_serve_config(_overlay(tmp_path, **changes), REPO)
 
 
 # --------------------------------------------------------------------------- capacity
@@ -265,7 +245,7 @@ def test_cpu_upper_bound_holds_for_any_arrival_order() -> None:
 
 
 def test_placement_errors_name_the_stage() -> None:
-    _, cfg, _ = render.merged_serve_config(REPO / ENVS["prod"].overlay)
+    _, cfg, _ = render.merged_serve_config(REPO / ENVS["prod"].overlay, REPO)
     with pytest.raises(capacity.CapacityError, match="no gpu_workers"):
         capacity.plan_groups(cfg, 8, None)
     encoder = cfg.encoder.model_copy(update={"deployment": _gen(1, 2)})
@@ -278,16 +258,16 @@ def test_placement_errors_name_the_stage() -> None:
 
 @pytest.mark.parametrize("env_name", sorted(ENVS))
 def test_rendered_groups_hold_every_replica(env_name: str) -> None:
-    _, cfg, _ = render.merged_serve_config(REPO / ENVS[env_name].overlay)
+    _, cfg, _ = render.merged_serve_config(REPO / ENVS[env_name].overlay, REPO)
     cluster = _rendered_rayservice(env_name)["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     assert not any("gpu" in k for k in head["template"]["spec"]["containers"][0]["resources"]["limits"])
     assert cluster["enableInTreeAutoscaling"] and cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
-    cpu_demand = sum(Fraction(str(getattr(cfg, s).deployment.resources.num_cpus)) *
-                     capacity.replica_bounds(getattr(cfg, s).deployment)[1]
-                     for s in capacity.STAGES if getattr(cfg, s).deployment.resources.num_gpus == 0)
+    cpu_demand = sum(Fraction(str(s.config(cfg).deployment.resources.num_cpus)) *
+                     capacity.replica_bounds(s.config(cfg).deployment)[1]
+                     for s in stages.enabled(cfg) if s.config(cfg).deployment.resources.num_gpus == 0)
     cpu = groups["cpu-workers"]
     assert cpu["maxReplicas"] * int(cpu["rayStartParams"]["num-cpus"]) >= cpu_demand
     if "gpu-workers" in groups:

@@ -1,10 +1,11 @@
 """Worker-group sizing for the RayService: which pods each stage lands on, and how many.
 
-Pure arithmetic over a validated :class:`deployments.config.AppConfig`, used by ``k8s/render.py``
-(imported as ``k8s.capacity``, with the repository root on ``sys.path``). Placement follows the
-stages' own resources: the generator, the only stage that may ask for GPUs, runs on GPU pods; every
-other stage (and a CPU generator) runs on CPU pods. A group's min/max pods are derived from the
-stages' min/max replicas, so the Kubernetes side can never disagree with the Serve config.
+Pure arithmetic over a validated :class:`deployments.config.AppConfig` and the stage registry
+(:data:`deployments.stages.DEPLOYMENTS`), used by :mod:`deployments.render.k8s`. Every deployment
+enabled in the config is placed (an optional stage such as rerank only when ``enabled``). Placement
+follows the stages' own resources: a stage of node type ``generator`` that asks for GPUs runs on GPU
+pods; every other stage (and a CPU generator) runs on CPU pods. A group's min/max pods are derived
+from the stages' min/max replicas, so the Kubernetes side can never disagree with the Serve config.
 
 Fractions (not floats) keep 0.1-CPU replicas exact, as Ray's own resource accounting is.
 """
@@ -15,9 +16,9 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from deployments import stages as registry
 from deployments.config import AppConfig, DeploymentOptions
-
-STAGES = ("ingress", "preprocess", "encoder", "search", "generator")
+from deployments.stages import Stage
 
 
 class CapacityError(ValueError):
@@ -97,8 +98,26 @@ def check_gpu_capacity(generator: DeploymentOptions, gpus_per_pod: int, max_pods
         )
 
 
+def _gpu_stage(cfg: AppConfig, stages: tuple[Stage, ...]) -> Stage | None:
+    """The one enabled stage that asks for GPUs (None when none does).
+
+    Raises:
+        CapacityError: a stage not of node type ``generator`` asks for GPUs, or several do.
+    """
+    found = []
+    for stage in registry.enabled(cfg, stages):
+        if stage.config(cfg).deployment.resources.num_gpus > 0:
+            if stage.node_type != "generator":
+                raise CapacityError(f"{stage.name}: only the generator runs on GPU pods")
+            found.append(stage)
+    if len(found) > 1:
+        raise CapacityError(f"one GPU stage per GPU worker group, got {[s.name for s in found]}")
+    return found[0] if found else None
+
+
 def plan_groups(
-    cfg: AppConfig, cpu_pod_cpus: int, gpu_pod: tuple[int, int] | None
+    cfg: AppConfig, cpu_pod_cpus: int, gpu_pod: tuple[int, int] | None,
+    stages: tuple[Stage, ...] = registry.DEPLOYMENTS,
 ) -> dict[str, tuple[GroupSize, int]]:
     """Worker group name -> (pods, Ray logical CPUs per pod).
 
@@ -106,30 +125,32 @@ def plan_groups(
         cfg: the validated application config.
         cpu_pod_cpus: CPUs of a CPU worker pod.
         gpu_pod: (GPUs, container CPUs) of a GPU worker pod, or None when there is no GPU group.
+        stages: the deployments to place (those enabled in ``cfg`` are).
 
     Raises:
         CapacityError: a stage cannot be placed, or its replicas do not fit.
     """
+    gpu_stage = _gpu_stage(cfg, stages)
     lows: list[Fraction] = []
     highs: list[Fraction] = []
-    for stage in STAGES:
-        opts: DeploymentOptions = getattr(cfg, stage).deployment
+    for stage in registry.enabled(cfg, stages):
+        opts: DeploymentOptions = stage.config(cfg).deployment
         if opts.resources.resources:
-            raise CapacityError(f"{stage}: custom Ray resources are not placed by the renderer")
-        if opts.resources.num_gpus > 0 and stage != "generator":
-            raise CapacityError(f"{stage}: only the generator runs on GPU pods")
-        if opts.resources.num_gpus == 0:
+            raise CapacityError(f"{stage.name}: custom Ray resources are not placed by the renderer")
+        if stage is not gpu_stage:
             low, high = replica_bounds(opts)
             lows += [Fraction(str(opts.resources.num_cpus))] * low
             highs += [Fraction(str(opts.resources.num_cpus))] * high
     at_min, at_max = cpu_pods_needed(lows, cpu_pod_cpus), cpu_pods_needed(highs, cpu_pod_cpus)
     cpu_size = GroupSize(at_min.min_pods, max(at_min.min_pods, at_max.max_pods, 1))
     plan = {"cpu-workers": (cpu_size, cpu_pod_cpus)}
-    gen = cfg.generator.deployment
     if gpu_pod is None:
-        if gen.resources.num_gpus > 0:
-            raise CapacityError("generator.deployment needs GPUs but the overlay has no gpu_workers")
+        if gpu_stage is not None:
+            raise CapacityError(f"{gpu_stage.config_field}.deployment needs GPUs but the overlay has no gpu_workers")
         return plan
+    if gpu_stage is None:
+        raise CapacityError("a GPU worker group is configured but generator.deployment needs no GPU")
+    gen = gpu_stage.config(cfg).deployment
     gpus, container_cpus = gpu_pod
     size = gpu_pods_needed(gen, gpus)
     check_gpu_capacity(gen, gpus, size.max_pods)
