@@ -62,6 +62,65 @@ def cpu_pods_needed(sizes: list[Fraction], cpus: int) -> GroupSize:
     return GroupSize(math.ceil(total / cpus), upper)
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """Replicas of one stage on CPU pods: their CPUs each, how many, and the most on one pod."""
+
+    stage: str
+    cpus: Fraction
+    count: int
+    per_pod: int | None = None  # the stage's max_replicas_per_node; None: no limit
+
+
+def min_spread(r: Replicas) -> int:
+    """Pods the replicas occupy at least: ``ceil(count / per_pod)`` (any placement Serve picks)."""
+    if r.count == 0:
+        return 0
+    return 1 if r.per_pod is None else math.ceil(r.count / r.per_pod)
+
+
+def first_fit(replicas: list[Replicas], pods: int, cpus: int) -> list[dict[str, int]] | None:
+    """A placement of ``replicas`` on ``pods`` pods of ``cpus`` CPUs (largest first, each on the
+    first pod with room and below its stage's cap): per pod, replicas by stage; None if they do not fit."""
+    placed: list[dict[str, int]] = [{} for _ in range(pods)]
+    free = [Fraction(cpus)] * pods
+    for r in sorted(replicas, key=lambda r: r.cpus, reverse=True):
+        for _ in range(r.count):
+            pod = next((i for i in range(pods) if r.cpus <= free[i]
+                        and (r.per_pod is None or placed[i].get(r.stage, 0) < r.per_pod)), None)
+            if pod is None:
+                return None
+            free[pod] -= r.cpus
+            placed[pod][r.stage] = placed[pod].get(r.stage, 0) + 1
+    return placed
+
+
+def cpu_group_size(at_min: list[Replicas], at_max: list[Replicas], cpus: int) -> GroupSize:
+    """Pods of the CPU group: enough at minimum scale to hold every replica at once (and each
+    stage's spread), and at most what any arrival order may need at maximum scale.
+
+    The maximum extends :func:`cpu_pods_needed`'s any-fit bound to per-pod caps: when the autoscaler
+    starts a pod for a replica of stage ``s``, each running pod is either CPU-full (more than
+    ``cpus - largest`` used: fewer than ``ceil(total / slack)`` such pods) or holds ``s``'s cap
+    (fewer than ``ceil(count_s / cap_s)``), so ``ceil(total / slack) + max_s(ceil(count_s / cap_s) - 1)``
+    pods always suffice.
+
+    Raises:
+        CapacityError: one replica is larger than a pod.
+    """
+    def sizes(rs: list[Replicas]) -> list[Fraction]:
+        return [r.cpus for r in rs for _ in range(r.count)]
+
+    low = cpu_pods_needed(sizes(at_min), cpus).min_pods
+    low = max([low, *(min_spread(r) for r in at_min)])
+    while low and first_fit(at_min, low, cpus) is None:
+        low += 1
+    uncapped = cpu_pods_needed(sizes(at_max), cpus).max_pods
+    extra = max([0, *(min_spread(r) - 1 for r in at_max if r.per_pod is not None)])
+    high = min(max(uncapped, 1) + extra, sum(r.count for r in at_max))
+    return GroupSize(low, max(low, high, 1))
+
+
 def generators_per_pod(generator: DeploymentOptions, gpus_per_pod: int) -> int:
     """Generator replicas one GPU pod holds (replicas never straddle pods).
 
@@ -73,7 +132,8 @@ def generators_per_pod(generator: DeploymentOptions, gpus_per_pod: int) -> int:
         raise CapacityError("a GPU worker group is configured but generator.deployment needs no GPU")
     if need > gpus_per_pod:
         raise CapacityError(f"a generator replica needs {float(need)} GPUs but a GPU pod has {gpus_per_pod}")
-    return math.floor(gpus_per_pod / need)
+    fit = math.floor(gpus_per_pod / need)
+    return fit if generator.max_replicas_per_node is None else min(fit, generator.max_replicas_per_node)
 
 
 def gpu_pods_needed(generator: DeploymentOptions, gpus_per_pod: int) -> GroupSize:
@@ -98,7 +158,7 @@ def check_gpu_capacity(generator: DeploymentOptions, gpus_per_pod: int, max_pods
         )
 
 
-def _gpu_stage(cfg: AppConfig, stages: tuple[Stage, ...]) -> Stage | None:
+def gpu_stage(cfg: AppConfig, stages: tuple[Stage, ...] = registry.DEPLOYMENTS) -> Stage | None:
     """The one enabled stage that asks for GPUs (None when none does).
 
     Raises:
@@ -113,6 +173,26 @@ def _gpu_stage(cfg: AppConfig, stages: tuple[Stage, ...]) -> Stage | None:
     if len(found) > 1:
         raise CapacityError(f"one GPU stage per GPU worker group, got {[s.name for s in found]}")
     return found[0] if found else None
+
+
+def cpu_replicas(cfg: AppConfig, stages: tuple[Stage, ...] = registry.DEPLOYMENTS,
+                 on_gpu: Stage | None = None) -> tuple[list[Replicas], list[Replicas]]:
+    """The replicas every enabled stage but ``on_gpu`` puts on CPU pods, at min and at max scale.
+
+    Raises:
+        CapacityError: a stage asks for custom Ray resources (no pod advertises any).
+    """
+    at_min, at_max = [], []
+    for stage in registry.enabled(cfg, stages):
+        opts: DeploymentOptions = stage.config(cfg).deployment
+        if opts.resources.resources:
+            raise CapacityError(f"{stage.name}: custom Ray resources are not placed by the renderer")
+        if stage is not on_gpu:
+            low, high = replica_bounds(opts)
+            cpus = Fraction(str(opts.resources.num_cpus))
+            at_min.append(Replicas(stage.name, cpus, low, opts.max_replicas_per_node))
+            at_max.append(Replicas(stage.name, cpus, high, opts.max_replicas_per_node))
+    return at_min, at_max
 
 
 def plan_groups(
@@ -130,27 +210,16 @@ def plan_groups(
     Raises:
         CapacityError: a stage cannot be placed, or its replicas do not fit.
     """
-    gpu_stage = _gpu_stage(cfg, stages)
-    lows: list[Fraction] = []
-    highs: list[Fraction] = []
-    for stage in registry.enabled(cfg, stages):
-        opts: DeploymentOptions = stage.config(cfg).deployment
-        if opts.resources.resources:
-            raise CapacityError(f"{stage.name}: custom Ray resources are not placed by the renderer")
-        if stage is not gpu_stage:
-            low, high = replica_bounds(opts)
-            lows += [Fraction(str(opts.resources.num_cpus))] * low
-            highs += [Fraction(str(opts.resources.num_cpus))] * high
-    at_min, at_max = cpu_pods_needed(lows, cpu_pod_cpus), cpu_pods_needed(highs, cpu_pod_cpus)
-    cpu_size = GroupSize(at_min.min_pods, max(at_min.min_pods, at_max.max_pods, 1))
-    plan = {"cpu-workers": (cpu_size, cpu_pod_cpus)}
+    on_gpu = gpu_stage(cfg, stages)
+    at_min, at_max = cpu_replicas(cfg, stages, on_gpu)
+    plan = {"cpu-workers": (cpu_group_size(at_min, at_max, cpu_pod_cpus), cpu_pod_cpus)}
     if gpu_pod is None:
-        if gpu_stage is not None:
-            raise CapacityError(f"{gpu_stage.config_field}.deployment needs GPUs but the overlay has no gpu_workers")
+        if on_gpu is not None:
+            raise CapacityError(f"{on_gpu.config_field}.deployment needs GPUs but the overlay has no gpu_workers")
         return plan
-    if gpu_stage is None:
+    if on_gpu is None:
         raise CapacityError("a GPU worker group is configured but generator.deployment needs no GPU")
-    gen = gpu_stage.config(cfg).deployment
+    gen = on_gpu.config(cfg).deployment
     gpus, container_cpus = gpu_pod
     size = gpu_pods_needed(gen, gpus)
     check_gpu_capacity(gen, gpus, size.max_pods)

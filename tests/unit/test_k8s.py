@@ -41,7 +41,8 @@ K8S_VERSION = "1.30.0"
 OVERLAYS = ("base", "overlays/gpu-prod", "overlays/cpu-dev")
 ENVS = {env.name: env for env in render.ENVIRONMENTS}
 # YAML under k8s/ that is not a manifest; each is checked another way (see test_every_yaml_is_covered).
-PATCHES = {"k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/shrink.yaml"}
+PATCHES = {"k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/shrink.yaml",
+           "k8s/overlays/cpu-dev/pvc-model-cache-patch.yaml"}
 
 
 def _docs(path: Path) -> list[Any]:
@@ -63,8 +64,10 @@ def test_render_is_deterministic() -> None:
     first, second = render.render_all(REPO), render.render_all(REPO)
     assert first == second
     assert set(first) == {
-        "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml",
+        "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml", "k8s/base/pvc-model-cache.yaml",
+        "k8s/overlays/gpu-prod/pdb.yaml", "k8s/overlays/gpu-prod/ingress.yaml",
         "k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/serve_config.yaml",
+        "k8s/overlays/cpu-dev/pvc-model-cache-patch.yaml", "k8s/base/monitoring/podmonitor.yaml",
         "k8s/base/monitoring/prometheusrule.yaml", "k8s/base/monitoring/grafana-dashboard.yaml",
     }
 
@@ -139,7 +142,7 @@ def test_prod_overlay_scales_every_stage_on_its_own() -> None:
 
 def test_cpu_dev_overlay_has_no_gpu() -> None:
     _, cfg, overlay = render.merged_serve_config(REPO / ENVS["cpu-dev"].overlay, REPO)
-    assert overlay.kubernetes.gpu_workers is None and overlay.kubernetes.image.endswith("-cpu")
+    assert overlay.kubernetes.gpu_workers is None and overlay.kubernetes.image.startswith("ragserve-cpu:")
     assert cfg.generator.deployment.resources.num_gpus == 0 and cfg.generator.enforce_eager
     groups = _rendered_rayservice("cpu-dev")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert [g["groupName"] for g in groups] == ["cpu-workers"]
@@ -277,7 +280,7 @@ def test_rendered_groups_hold_every_replica(env_name: str) -> None:
         capacity.check_gpu_capacity(gen, gpus, gpu["maxReplicas"])
         assert gpu["maxReplicas"] * gpus >= gen.autoscaling.max_replicas * gen.resources.num_gpus
         assert gpu["rayStartParams"]["num-cpus"] == str(int(gen.resources.num_cpus))
-        assert gpu["template"]["spec"]["tolerations"] and gpu["template"]["spec"]["nodeSelector"]
+        assert gpu["template"]["spec"]["tolerations"]
     for group in groups.values():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         probe = group["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
@@ -343,29 +346,38 @@ def _validate(doc: dict[str, Any]) -> None:
         kv.validate(doc, K8S_VERSION, strict=True)
 
 
-def _base_manifests() -> list[tuple[str, dict[str, Any]]]:
-    """(file, object) for every object in every file under k8s/base, kustomizations aside."""
+KUSTOMIZATIONS = ("k8s/base", "k8s/overlays/gpu-prod", "k8s/overlays/cpu-dev")
+
+
+def _manifests() -> list[tuple[str, dict[str, Any]]]:
+    """(file, object) for every object in every manifest file under k8s/ (not patches or kustomizations)."""
     return [(str(path.relative_to(REPO)), doc)
-            for path in sorted((REPO / "k8s/base").rglob("*.yaml")) for doc in _docs(path)
-            if isinstance(doc, dict) and "kind" in doc and doc["kind"] != "Kustomization"]
+            for path in sorted((REPO / "k8s").rglob("*.yaml")) if str(path.relative_to(REPO)) not in PATCHES
+            for doc in _docs(path) if isinstance(doc, dict) and "kind" in doc and doc["kind"] != "Kustomization"]
 
 
 @pytest.mark.parametrize("doc", [pytest.param(d, id=f"{p}:{d['kind']}/{d['metadata']['name']}")
-                                 for p, d in _base_manifests()])
-def test_every_base_manifest_validates(doc: dict[str, Any]) -> None:
+                                 for p, d in _manifests()])
+def test_every_manifest_validates(doc: dict[str, Any]) -> None:
     _validate(doc)
 
 
 def test_every_yaml_is_covered() -> None:
     # A YAML under k8s/ is a kustomization, a validated manifest, a rendered serve config or a patch
-    # whose result is validated in the kustomize builds; and every base manifest is deployed.
-    listed = set(_docs(REPO / "k8s/base/kustomization.yaml")[0]["resources"])
-    manifests = {p for p, _ in _base_manifests()}
-    assert {f"k8s/base/{r}" for r in listed} == manifests
+    # whose result is validated in the kustomize builds; and each is listed by its directory's
+    # kustomization (a rendered file nobody deploys would be a silent gap).
+    manifests = {p for p, _ in _manifests()}
+    listed: set[str] = set()
+    for kdir in KUSTOMIZATIONS:
+        k = _docs(REPO / kdir / "kustomization.yaml")[0]
+        entries = [*k.get("resources", []), *(p["path"] for p in k.get("patches", []))]
+        listed |= {f"{kdir}/{e}" for e in entries if not e.startswith("..")}
     for path in sorted((REPO / "k8s").rglob("*.y*ml")):
         rel = str(path.relative_to(REPO))
-        known = path.name in {"kustomization.yaml", "serve_config.yaml"} or rel in PATCHES
-        assert known or rel in manifests, f"{rel} is neither a validated manifest nor a known kind of file"
+        if path.name in {"kustomization.yaml", "serve_config.yaml"}:
+            continue
+        assert rel in manifests or rel in PATCHES, f"{rel} is neither a validated manifest nor a known patch"
+        assert rel in listed, f"{rel} is not listed by its directory's kustomization"
 
 
 @functools.cache
@@ -391,9 +403,14 @@ def test_kustomize_build_validates(overlay: str) -> None:
 
 
 def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pod templates, with the labels KubeRay adds to Ray pods (ray.io/node-type, ray.io/group)."""
     if doc["kind"] == "RayService":
         cluster = doc["spec"]["rayClusterConfig"]
-        return [g["template"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+        head = {**cluster["headGroupSpec"]["template"], "kuberay": {"ray.io/node-type": "head"}}
+        workers = [{**g["template"], "kuberay": {"ray.io/node-type": "worker", "ray.io/group": g["groupName"]}}
+                   for g in cluster["workerGroupSpecs"]]
+        return [{**t, "metadata": {**t["metadata"], "labels": {**t["metadata"]["labels"], **t.pop("kuberay")}}}
+                for t in [head, *workers]]
     return [doc["spec"]["template"]] if doc["kind"] in {"StatefulSet", "Deployment"} else []
 
 
@@ -413,7 +430,7 @@ def test_references_resolve_within_the_build(overlay: str) -> None:
         for container in template["spec"]["containers"]:
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                if ref and not ref.get("optional"):
                     assert ref["key"] in secrets.get(ref["name"], {}), (overlay, ref)
     # Each PodMonitor's port is a named port of every pod template it selects.
     for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
@@ -429,7 +446,8 @@ def test_overlays_differ_where_they_should() -> None:
     prod, dev = _build("overlays/gpu-prod"), _build("overlays/cpu-dev")
     pdbs = {o: sorted(d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget")
             for o, docs in (("prod", prod), ("dev", dev))}
-    assert pdbs == {"prod": ["ragserve-cpu-workers", "ragserve-gpu-workers"], "dev": ["ragserve-cpu-workers"]}
+    # prod keeps two CPU pods (a PDB) and one GPU pod (none); dev one of each kind (none).
+    assert pdbs == {"prod": ["ragserve-cpu-workers"], "dev": []}
     rayservices = [next(d for d in docs if d["kind"] == "RayService") for docs in (prod, dev)]
     assert [r["metadata"]["annotations"]["ragserve/rendered-from"] for r in rayservices] == [
         ENVS["prod"].overlay, ENVS["cpu-dev"].overlay]

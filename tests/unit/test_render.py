@@ -63,7 +63,7 @@ def test_render_writes_under_root_and_check_names_stale_files(tmp_path: Path,
 def test_render_reads_the_root_not_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _sources_only(tmp_path)
     prod = root / "cluster/serve_config.prod.yaml"
-    prod.write_text(prod.read_text().replace("image: ragserve:0.1.0\n", "image: example.org/other:1\n"))
+    prod.write_text(prod.read_text().replace("image: ragserve-cpu:0.1.0", "image: example.org/other:1"))
     monkeypatch.chdir(root)  # --root defaults to the current directory
     assert main(["render"]) == 0
     assert "image: example.org/other:1" in (root / "k8s/base/rayservice.yaml").read_text()
