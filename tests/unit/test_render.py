@@ -24,6 +24,12 @@ SOURCES = ("cluster/serve_config.yaml", "cluster/serve_config.prod.yaml", "clust
            "pyproject.toml")
 
 
+@pytest.fixture(autouse=True)
+def _cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ragserve``'s main() sets HF_HUB_OFFLINE for its process: keep it out of the other tests."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 def _sources_only(tmp_path: Path) -> Path:
     for rel in SOURCES:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
