@@ -250,6 +250,12 @@ def test_milvus_runs_in_standalone_mode() -> None:
     assert env["DEPLOY_MODE"] == "STANDALONE" and env["ETCD_USE_EMBED"] == "true"
 
 
+def test_docs_name_the_kuberay_version_with_auth_options() -> None:
+    for doc in ("README.md", "k8s/README.md"):
+        text = (REPO / doc).read_text()
+        assert "1.5.1" in text and "≥ 1.5 " not in text and "≥ 1.5," not in text, doc
+
+
 def test_prod_build_resolves_the_redis_and_matches_selectors() -> None:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not installed: kustomize build not checked")
