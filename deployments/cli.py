@@ -1,4 +1,4 @@
-"""``ragserve`` command line: serve, ingest, ask, status, config, demo.
+"""``ragserve`` command line: serve, ingest, ask, status, config, demo, render.
 
 Every command reads the one config (``--config``, else ``RAGSERVE_CONFIG``, else
 ``cluster/serve_config.yaml``, else the schema defaults).
@@ -27,6 +27,7 @@ from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, load_config_or_de
 from deployments.envs import env
 from deployments.errors import RagServeError
 from deployments.evaluation import command as eval_command
+from deployments.render import command as render_command
 
 log = logging.getLogger("ragserve")
 
@@ -49,25 +50,28 @@ def sample_corpus() -> Path:
 # --------------------------------------------------------------------------- commands
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Parse, chunk, embed and write files to Milvus: a Ray Data pipeline on a local Ray (or the
-    cluster at ``--address``), or everything in this process with ``--local``."""
+    cluster at ``--address``), or everything in this process with ``--local``. Exit 1 when nothing
+    was found or every file was skipped."""
+    from deployments import envs
     from deployments.encoder.model import Embedder
-    from deployments.ingest import bulk
+    from deployments.ingest import bulk, sources
     from deployments.ingest.pipeline import ingest_paths
     from deployments.search.store import ChunkStore, connect
-    from deployments import envs
     from deployments.stack import ensure_milvus
 
     cfg = load_config_or_defaults(args.config)
     if args.collection:  # the pipeline's actors open the collection the config names
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
             "milvus": cfg.search.milvus.model_copy(update={"collection": args.collection})})})
+    # Listed before anything starts: a missing path or a local:// URI fails at once (ConfigError).
+    files = None if args.local else sources.list_files(args.paths)
     lite = ensure_milvus(cfg)
     try:
         start = time.perf_counter()
         embedder = Embedder(cfg.encoder)
         store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim)
         store.ensure_collection()
-        if args.local:
+        if files is None:
             reports = ingest_paths(args.paths, store, embedder, cfg.ingest, cfg.preprocess)
         else:
             import ray
@@ -76,19 +80,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
                      runtime_env=envs.runtime_env(passthrough=True))
             try:
-                reports = bulk.run(args.paths, cfg, embedder.dim, progress=not args.quiet)
+                reports = bulk.run(files, cfg, embedder.dim, progress=not args.quiet)
             finally:
                 ray.shutdown()
         for r in reports:
             if r.status == "skipped" or args.verbose:
                 print(f"{r.status:9} {r.chunks:4d} chunks  {r.source}" + (f"  ({r.reason})" if r.reason else ""))
-        counts = {k: sum(r.status == k for r in reports) for k in ("added", "updated", "unchanged", "skipped")}
-        print(", ".join(f"{v} {k}" for k, v in counts.items()) + f"; {store.count()} chunks in '{store.name}' "
-              f"({time.perf_counter() - start:.1f}s)")
+        status, line = bulk.outcome(reports)
+        print(f"{line}; {store.count()} chunks in '{store.name}' ({time.perf_counter() - start:.1f}s)",
+              file=sys.stderr if status else sys.stdout)
     finally:
         if lite is not None:
             lite.stop()
-    return 0
+    return status
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -194,7 +198,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
     s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("ingest", help="ingest .txt/.md/.html/.pdf/.jsonl files or directories")
-    s.add_argument("paths", nargs="+")
+    s.add_argument("paths", nargs="+", help="files, directories, or s3:// / gs:// URIs; on a cluster they must "
+                   "be readable on every node (the shared volume), since worker nodes parse them")
     s.add_argument("--collection", help="target collection (default: the configured one)")
     s.add_argument("--local", action="store_true", help="run in this process instead of a Ray Data pipeline")
     s.add_argument("--address", help="Ray cluster to run the pipeline on (default: start a local one)")
@@ -215,6 +220,7 @@ def parser() -> argparse.ArgumentParser:
     bench_command.add_parser(sub)
     localcluster.add_parser(sub)
     eval_command.add_parser(sub)
+    render_command.add_parser(sub)
     s = sub.add_parser("config", help="validate and print the config, or its schema")
     s.add_argument("--schema", action="store_true")
     s.set_defaults(fn=cmd_config)

@@ -124,6 +124,11 @@ class DeploymentOptions(_Strict):
     resources: ActorResources = Field(default_factory=ActorResources, description="Per-replica resources.")
     health_check_period_s: float = Field(10.0, gt=0, description="How often Serve calls check_health.")
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="Drain time on shutdown.")
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, le=100,
+        description="Most replicas of this stage on one Ray node (Serve's max_replicas_per_node; None: no "
+        "limit). 1 spreads a stage's replicas over distinct pods, so losing one pod never takes all of them.",
+    )
 
     def serve_options(self) -> dict[str, Any]:
         """The keyword arguments for ``Deployment.options``."""
@@ -134,6 +139,8 @@ class DeploymentOptions(_Strict):
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
             "ray_actor_options": self.resources.model_dump(exclude_none=True),
         }
+        if self.max_replicas_per_node is not None:
+            opts["max_replicas_per_node"] = self.max_replicas_per_node
         if self.autoscaling is None:
             opts["num_replicas"] = self.num_replicas
         else:

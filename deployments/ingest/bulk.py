@@ -10,7 +10,9 @@ and cost one Milvus query, which is also what makes an interrupted run cheap to 
 re-run skips what was written and completes the rest, and purges tombstones first.
 
 It runs on whatever Ray cluster the process is connected to (a local one by default), so the
-same command scales out by joining a bigger cluster (``ragserve ingest --address ...``).
+same command scales out by joining a bigger cluster (``ragserve ingest --address ...``). Files are
+listed on the driver and read by the parse tasks on the worker nodes, so they must be on storage
+every node reaches: a shared mount or object storage (:mod:`deployments.ingest.sources`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ import pickle
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from deployments.config import AppConfig
-from deployments.ingest import pipeline
-from deployments.ingest.parsers import Document
+from deployments.ingest import pipeline, sources
+from deployments.ingest.parsers import BadFile, Document, check_size, check_suffix, parse_bytes
 from deployments.ingest.pipeline import FileReport
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,39 @@ def _json(obj: Any) -> str:
     return json.dumps(asdict(obj), ensure_ascii=False)
 
 
+def parse_ref(ref: sources.FileRef, cfg: AppConfig) -> tuple[list[Document], list[FileReport]]:
+    """Read and parse one listed file where this runs (a worker node); a file this node cannot read
+    or parse becomes a ``skipped`` report, never an exception."""
+    try:
+        name = PurePosixPath(ref.uri).name
+        check_suffix(name)
+        check_size(ref.size, cfg.ingest)  # before reading: a huge file is never fetched
+        parsed = parse_bytes(sources.read(ref), name, ref.source, ref.mtime, cfg.ingest)
+    except (BadFile, OSError) as e:
+        return [], [FileReport(ref.source, "skipped", reason=str(e))]
+    return parsed.documents, [FileReport(ref.source, "skipped", reason=p) for p in parsed.problems]
+
+
 def _parse(row: dict[str, Any], cfg: AppConfig) -> list[dict[str, Any]]:
     """One file → one row per document, or one row per problem (status ``skipped``)."""
-    docs, bad = pipeline.parse_reports(Path(row["path"]), row["source"], cfg.ingest)
+    docs, bad = parse_ref(sources.FileRef(**row), cfg)
     return [{"doc": _json(d), "report": ""} for d in docs] + [{"doc": "", "report": _json(r)} for r in bad]
+
+
+def outcome(reports: list[FileReport]) -> tuple[int, str]:
+    """The exit status of an ingest and its last line: 1 when nothing was found or every file was
+    skipped (a silent total skip is a failure), with a hint when the files were missing where they
+    were parsed."""
+    counts = {k: sum(r.status == k for r in reports) for k in ("added", "updated", "unchanged", "skipped")}
+    line = ", ".join(f"{v} {k}" for k, v in counts.items())
+    if not reports:
+        return 1, "no files found"
+    if counts["skipped"] < len(reports):
+        return 0, line
+    if any("No such file" in r.reason for r in reports):
+        line += ("; files missing on the nodes that parsed them: put them on storage every Ray node "
+                 "reads (the shared volume, /data/ingest in the pods, or s3:// / gs:// URIs)")
+    return 1, f"every file was skipped ({line})"
 
 
 class Embed:
@@ -104,9 +135,9 @@ class Write:
         return {"report": np.array([str(r) for r in batch["report"] if r] + [w[3] for w in writes], dtype=object)}
 
 
-def run(paths: Iterable[str | Path], cfg: AppConfig, dim: int, progress: bool = True) -> list[FileReport]:
-    """Ingest every file under ``paths`` on the connected Ray cluster; returns one report per
-    document (and per skipped file or line). The caller has created the collection."""
+def run(files: Iterable[sources.FileRef], cfg: AppConfig, dim: int, progress: bool = True) -> list[FileReport]:
+    """Ingest the listed ``files`` (:func:`sources.list_files`) on the connected Ray cluster; returns
+    one report per document (and per skipped file or line). The caller has created the collection."""
     import ray
     from tqdm import tqdm
 
@@ -117,7 +148,7 @@ def run(paths: Iterable[str | Path], cfg: AppConfig, dim: int, progress: bool = 
     # in one piece at the end. Documents are kilobytes: small blocks keep the pipeline streaming.
     ctx.target_max_block_size = BLOCK_BYTES
     icfg = cfg.ingest
-    files = [{"path": str(p.resolve()), "source": s} for p, s in pipeline.discover(paths)]
+    files = [asdict(ref) for ref in files]
     if not files:
         return []
     ds = (

@@ -64,31 +64,53 @@ class Parsed:
 
 
 def parse_file(path: Path, source: str, cfg: IngestConfig) -> Parsed:
-    """Parse one file by its suffix.
+    """Parse one local file by its suffix (its size is checked before it is read).
+
+    Raises:
+        BadFile: unsupported type, too large, empty, binary, undecodable or corrupt.
+        OSError: the file cannot be read.
+    """
+    check_suffix(path.name)
+    stat = path.stat()
+    check_size(stat.st_size, cfg)
+    return parse_bytes(path.read_bytes(), path.name, source, int(stat.st_mtime), cfg)
+
+
+def parse_bytes(raw: bytes, name: str, source: str, created: int, cfg: IngestConfig) -> Parsed:
+    """Parse one file's content; ``name`` (its file name) gives the type and the fallback title.
 
     Raises:
         BadFile: unsupported type, too large, empty, binary, undecodable or corrupt.
     """
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise BadFile(f"unsupported file type {suffix or '(none)'}")
-    size = path.stat().st_size
-    if size > cfg.max_file_bytes:
-        raise BadFile(f"file is {size} bytes; the limit is {cfg.max_file_bytes}")
-    if size == 0:
-        raise BadFile("empty file")
-    raw = path.read_bytes()
-    created = int(path.stat().st_mtime)
+    suffix = check_suffix(name)
+    check_size(len(raw), cfg)
+    stem = Path(name).stem
     if suffix == ".pdf":
-        return Parsed([_pdf(raw, path, source, created)])
+        return Parsed([_pdf(raw, stem, source, created)])
     text = _decode(raw)
     if suffix == ".jsonl":
         return _jsonl(text, source)
     if suffix in HTML_SUFFIXES:
         title, body = _html(text)
-        return Parsed([_document(source, title or path.stem, body, created)])
+        return Parsed([_document(source, title or stem, body, created)])
     title, body = _markdown_title(text)
-    return Parsed([_document(source, title or path.stem, body, created)])
+    return Parsed([_document(source, title or stem, body, created)])
+
+
+def check_suffix(name: str) -> str:
+    """The file's (lower-case) suffix; BadFile unless it is one of :data:`SUFFIXES`."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise BadFile(f"unsupported file type {suffix or '(none)'}")
+    return suffix
+
+
+def check_size(size: int, cfg: IngestConfig) -> None:
+    """BadFile when a file of ``size`` bytes is empty or over ``cfg.max_file_bytes``."""
+    if size > cfg.max_file_bytes:
+        raise BadFile(f"file is {size} bytes; the limit is {cfg.max_file_bytes}")
+    if size == 0:
+        raise BadFile("empty file")
 
 
 def _decode(raw: bytes) -> str:
@@ -135,7 +157,7 @@ def _html(markup: str) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
-def _pdf(raw: bytes, path: Path, source: str, created: int) -> Document:
+def _pdf(raw: bytes, stem: str, source: str, created: int) -> Document:
     """Text of every page (pypdf); a scanned PDF without a text layer is reported, not OCRed."""
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError, PyPdfError
@@ -155,7 +177,7 @@ def _pdf(raw: bytes, path: Path, source: str, created: int) -> Document:
         raise BadFile(f"corrupt PDF ({type(e).__name__}: {e})") from None
     if not any(p.strip() for p in pages):
         raise BadFile("PDF has no text layer (scanned?)")
-    return _document(source, title.strip() or path.stem, "\n\n".join(pages), created)
+    return _document(source, title.strip() or stem, "\n\n".join(pages), created)
 
 
 def _jsonl(text: str, source: str) -> Parsed:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Custom resource each worker type advertises; a stage asks for 1 unit of its type's resource.
 NODE_TYPE_RESOURCES: dict[str, str] = {"cpu": "ragserve_cpu_worker", "generator": "ragserve_generator_worker"}
-#: Which worker type each stage runs on (same split as k8s/capacity.py: CPU pods vs GPU pods).
+#: Which worker type each stage runs on (same split as deployments/render/capacity.py: CPU pods vs GPU pods).
 STAGE_NODE_TYPE: dict[str, str] = {"ingress": "cpu", "preprocess": "cpu", "encoder": "cpu", "search": "cpu",
                                    "generator": "generator"}
 #: Units of the type resource a worker advertises: CPUs, not this, limit how many replicas fit.

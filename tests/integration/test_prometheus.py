@@ -1,7 +1,7 @@
 """A real Prometheus scrapes the running app through Ray's service discovery.
 
 Prometheus (the Debian binary) is started on 127.0.0.1 with a config rendered by
-``deployments.monitoring`` (1 s scrapes, the generated recording and alert rules), a short load
+``deployments.scrape`` (1 s scrapes, the generated recording and alert rules), a short load
 goes through the app, and the per-stage quantiles, the recording rules, vLLM's engine metrics and
 every dashboard panel's PromQL are queried back over Prometheus' HTTP API.
 """
@@ -21,17 +21,22 @@ import httpx
 import pytest
 from conftest import free_port
 
-from deployments import monitoring
+from deployments import scrape, stages
+from deployments.config import load_config
+from deployments.render import monitoring
 
 pytestmark = pytest.mark.integration
 PROMETHEUS = Path("/usr/bin/prometheus")
+ROOT = Path(__file__).resolve().parents[2]
+#: The stages the shipped config deploys (the dashboard also has rows for optional ones left off).
+STAGES = {s.name for s in stages.enabled(load_config(ROOT / "cluster" / "serve_config.yaml"), stages.STAGES)}
 WAIT_S = 60.0  # every wait is bounded: Ray reports metrics every few seconds, Prometheus scrapes every 1 s
 ROUTES = ("/v1/retrieve", "/v1/query", "/v1/embeddings")
 #: Every series the test later takes a rate of, with the label values it must carry. A series is
 #: born with its current count and rate() needs an increase between scrapes, so the measured load
 #: is sent only once all of them exist (each replica reports to Ray on its own schedule).
 BORN = [
-    ("count by (stage) (ray_rag_stage_latency_seconds_bucket)", "stage", set(monitoring.STAGES)),
+    ("count by (stage) (ray_rag_stage_latency_seconds_bucket)", "stage", set(STAGES)),
     ("count by (route) (ray_rag_ingress_latency_seconds_bucket)", "route", set(ROUTES)),
     ("count(ray_rag_generator_ttft_seconds_bucket)", "", {""}),
     ("count(ray_rag_encoder_batch_size_bucket)", "", {""}),
@@ -102,9 +107,9 @@ def prometheus(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     sd_file = session_dir / monitoring.SD_FILE_NAME
     if not sd_file.exists():
         # Ray's dashboard keeps that file current; LocalStack starts Ray without the dashboard.
-        sd_file = monitoring.write_service_discovery(tmp / monitoring.SD_FILE_NAME)
+        sd_file = scrape.write_service_discovery(tmp / monitoring.SD_FILE_NAME)
     port = free_port()
-    config = monitoring.write_prometheus_config(tmp / "prometheus.yml", sd_file, f"127.0.0.1:{port}", "1s")
+    config = scrape.write_prometheus_config(tmp / "prometheus.yml", sd_file, ROOT, f"127.0.0.1:{port}", "1s")
     log = tmp / "prometheus.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -148,7 +153,7 @@ def _load(client: httpx.Client, retrieve: int, query: int, embeddings: int) -> N
 
 
 def test_prometheus_sees_every_stage(stack: Any, prometheus: Prometheus) -> None:
-    prom, stages = prometheus, set(monitoring.STAGES)
+    prom, stages = prometheus, set(STAGES)
     _load(stack.client, 1, 1, 1)  # warm-up: see BORN
     for expr, label, wanted in BORN:
         prom.wait_covering(expr, label, wanted)
@@ -197,7 +202,7 @@ def test_rules_and_dashboard_evaluate(stack: Any, prometheus: Prometheus) -> Non
     groups = prom.wait("every rule evaluated", lambda: _evaluated(prom))
     bad = [(r["name"], r["lastError"]) for g in groups for r in g["rules"] if r["health"] != "ok"]
     assert not bad, bad
-    path = monitoring.ROOT / monitoring.OUT_DIR / "grafana" / "ragserve-dashboard.json"
+    path = ROOT / monitoring.OUT_DIR / "grafana" / "ragserve-dashboard.json"
     panels = json.loads(path.read_text())["panels"]
     targets = [(f"{p['title']} {t['legendFormat']}", t["expr"]) for p in panels for t in p.get("targets", [])]
     _load(stack.client, 2, 1, 1)  # fresh increments: the panels show rates over the last minute
@@ -206,7 +211,7 @@ def test_rules_and_dashboard_evaluate(stack: Any, prometheus: Prometheus) -> Non
         # Grafana substitutes $__rate_interval; 1m is what it picks for a 1 s scrape interval.
         # Every query must be valid; a stage's row must show data (its errors only after errors).
         empty = [title for title, expr in targets if not prom.query(expr.replace("$__rate_interval", "1m"))]
-        return [e for e in empty if e.split(":")[0] in monitoring.STAGES and "errors" not in e]
+        return [e for e in empty if e.split(":")[0] in STAGES and "errors" not in e]
 
     missing: list[str] = []
 

@@ -11,7 +11,6 @@ the fallback when no replica reports its signal, the leaked-stream-count trap
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,13 +317,11 @@ def test_bad_autoscaling_options_are_rejected(bad: dict[str, Any], where: str) -
 
 
 def _shipped_configs() -> list[tuple[str, Any]]:
-    if str(REPO) not in sys.path:  # k8s/ is a directory of scripts, imported as a namespace package
-        sys.path.insert(0, str(REPO))
-    from k8s import render
+    from deployments.render import k8s as render
 
     found = [("serve_config.yaml", load_config(REPO / "cluster" / "serve_config.yaml"))]
     for env_ in render.ENVIRONMENTS:
-        found.append((env_.name, render.merged_serve_config(REPO / env_.overlay)[1]))
+        found.append((env_.name, render.merged_serve_config(REPO / env_.overlay, REPO)[1]))
     return found
 
 

@@ -1,9 +1,9 @@
 """Unit tests of the Kubernetes deployment under ``k8s/`` (no cluster, no Ray runtime).
 
-Covers: ``k8s/render.py`` is deterministic, the committed rendered files are current and
-``--check`` catches a stale copy; each ``serveConfigV2`` parses back to the merged Serve config
+Covers (the render/check loop itself is tests/unit/test_render.py): the manifests rendered by
+:mod:`deployments.render.k8s` are the expected set; each ``serveConfigV2`` parses back to the merged Serve config
 (args valid for ``parse_app_config``, structure valid for Ray's ``ServeDeploySchema``); the overlay
-merge and its error messages; the worker-group arithmetic of ``k8s/capacity.py`` (GPU capacity
+merge and its error messages; the worker-group arithmetic of :mod:`deployments.render.capacity` (GPU capacity
 check, any-fit CPU bound checked against simulated packings); and every manifest — each file under
 ``k8s/base`` and each object of each ``kubectl kustomize`` build — against its schema, strictly:
 core kinds with ``kubernetes-validate``, custom resources (RayService, PodMonitor, ...) with
@@ -21,7 +21,6 @@ import json
 import random
 import shutil
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,21 +28,21 @@ from typing import Any
 import pytest
 import yaml
 
+from deployments import stages
 from deployments.config import DeploymentOptions, load_config, parse_app_config
 from deployments.errors import ConfigError
+from deployments.render import capacity
+from deployments.render import k8s as render
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # k8s/ is a directory of scripts, imported as a namespace package
-    sys.path.insert(0, str(REPO))
-
-from k8s import capacity, render  # noqa: E402
 
 SCHEMAS = REPO.parent / "shared" / "k8s-schemas"
 K8S_VERSION = "1.30.0"
 OVERLAYS = ("base", "overlays/gpu-prod", "overlays/cpu-dev")
 ENVS = {env.name: env for env in render.ENVIRONMENTS}
 # YAML under k8s/ that is not a manifest; each is checked another way (see test_every_yaml_is_covered).
-PATCHES = {"k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/shrink.yaml"}
+PATCHES = {"k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/shrink.yaml",
+           "k8s/overlays/cpu-dev/pvc-model-cache-patch.yaml"}
 
 
 def _docs(path: Path) -> list[Any]:
@@ -62,20 +61,22 @@ def _rendered_rayservice(env_name: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- renderer
 def test_render_is_deterministic() -> None:
-    first, second = render.render_all(), render.render_all()
+    first, second = render.render_all(REPO), render.render_all(REPO)
     assert first == second
     assert set(first) == {
-        "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml",
+        "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml", "k8s/base/pvc-model-cache.yaml",
+        "k8s/overlays/gpu-prod/pdb.yaml", "k8s/overlays/gpu-prod/ingress.yaml",
         "k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/serve_config.yaml",
+        "k8s/overlays/cpu-dev/pvc-model-cache-patch.yaml", "k8s/base/monitoring/podmonitor.yaml",
         "k8s/base/monitoring/prometheusrule.yaml", "k8s/base/monitoring/grafana-dashboard.yaml",
     }
 
 
 def test_monitoring_resources_come_from_the_monitoring_generator() -> None:
     """The PrometheusRule holds exactly the cluster/monitoring rule groups, the ConfigMap the dashboard."""
-    from deployments import monitoring
+    from deployments.render import monitoring
 
-    out = render.render_all()
+    out = render.render_all(REPO)
     rule = yaml.safe_load(out["k8s/base/monitoring/prometheusrule.yaml"])
     names = [g["name"] for g in rule["spec"]["groups"]]
     local = [g["name"] for f in ("recording.yml", "alerts.yml")
@@ -85,28 +86,10 @@ def test_monitoring_resources_come_from_the_monitoring_generator() -> None:
     assert json.loads(cm["data"]["ragserve-dashboard.json"]) == monitoring.dashboard()
 
 
-def test_committed_files_are_current(capsys: pytest.CaptureFixture[str]) -> None:
-    assert render.stale_files(render.render_all(), REPO) == []
-    assert render.main(["--check"]) == 0
-    assert "up to date" in capsys.readouterr().out
-
-
-def test_check_fails_on_a_stale_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert render.main(["--root", str(tmp_path)]) == 0
-    assert render.main(["--check", "--root", str(tmp_path)]) == 0
-    target = tmp_path / "k8s/base/rayservice.yaml"
-    target.write_text(target.read_text().replace("maxReplicas: 4", "maxReplicas: 3"))
-    assert render.main(["--check", "--root", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "stale: k8s/base/rayservice.yaml" in err and "-      maxReplicas: 3" in err
-    target.unlink()
-    assert render.main(["--check", "--root", str(tmp_path)]) == 1
-
-
 @pytest.mark.parametrize("env_name", sorted(ENVS))
 def test_serve_config_v2_is_the_merged_config(env_name: str) -> None:
     env = ENVS[env_name]
-    serve, cfg, _ = render.merged_serve_config(REPO / env.overlay)
+    serve, cfg, _ = render.merged_serve_config(REPO / env.overlay, REPO)
     embedded = yaml.safe_load(_rendered_rayservice(env_name)["spec"]["serveConfigV2"])
     assert embedded == serve
     assert parse_app_config(embedded["applications"][0]["args"]) == cfg
@@ -145,9 +128,9 @@ def test_serve_config_v2_is_a_valid_ray_serve_config(env_name: str) -> None:
 
 
 def test_prod_overlay_scales_every_stage_on_its_own() -> None:
-    serve, cfg, overlay = render.merged_serve_config(REPO / ENVS["prod"].overlay)
-    for stage in capacity.STAGES:
-        assert getattr(cfg, stage).deployment.autoscaling is not None, stage
+    serve, cfg, overlay = render.merged_serve_config(REPO / ENVS["prod"].overlay, REPO)
+    for stage in stages.enabled(cfg):
+        assert stage.config(cfg).deployment.autoscaling is not None, stage.name
     assert cfg.generator.deployment.resources.num_gpus == 1 and not cfg.generator.enforce_eager
     assert 0 < cfg.encoder.deployment.resources.num_cpus % 1 and cfg.encoder.device == "cpu"
     assert cfg.encoder.model == "sentence-transformers/all-MiniLM-L6-v2"
@@ -158,8 +141,8 @@ def test_prod_overlay_scales_every_stage_on_its_own() -> None:
 
 
 def test_cpu_dev_overlay_has_no_gpu() -> None:
-    _, cfg, overlay = render.merged_serve_config(REPO / ENVS["cpu-dev"].overlay)
-    assert overlay.kubernetes.gpu_workers is None and overlay.kubernetes.image.endswith("-cpu")
+    _, cfg, overlay = render.merged_serve_config(REPO / ENVS["cpu-dev"].overlay, REPO)
+    assert overlay.kubernetes.gpu_workers is None and overlay.kubernetes.image.startswith("ragserve-cpu:")
     assert cfg.generator.deployment.resources.num_gpus == 0 and cfg.generator.enforce_eager
     groups = _rendered_rayservice("cpu-dev")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert [g["groupName"] for g in groups] == ["cpu-workers"]
@@ -192,7 +175,7 @@ def _overlay(tmp_path: Path, **changes: Any) -> Path:
 )
 def test_bad_overlays_are_rejected_by_name(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        render.merged_serve_config(_overlay(tmp_path, **changes))
+        render.merged_serve_config(_overlay(tmp_path, **changes), REPO)
 
 
 # --------------------------------------------------------------------------- capacity
@@ -265,7 +248,7 @@ def test_cpu_upper_bound_holds_for_any_arrival_order() -> None:
 
 
 def test_placement_errors_name_the_stage() -> None:
-    _, cfg, _ = render.merged_serve_config(REPO / ENVS["prod"].overlay)
+    _, cfg, _ = render.merged_serve_config(REPO / ENVS["prod"].overlay, REPO)
     with pytest.raises(capacity.CapacityError, match="no gpu_workers"):
         capacity.plan_groups(cfg, 8, None)
     encoder = cfg.encoder.model_copy(update={"deployment": _gen(1, 2)})
@@ -278,16 +261,16 @@ def test_placement_errors_name_the_stage() -> None:
 
 @pytest.mark.parametrize("env_name", sorted(ENVS))
 def test_rendered_groups_hold_every_replica(env_name: str) -> None:
-    _, cfg, _ = render.merged_serve_config(REPO / ENVS[env_name].overlay)
+    _, cfg, _ = render.merged_serve_config(REPO / ENVS[env_name].overlay, REPO)
     cluster = _rendered_rayservice(env_name)["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
     assert not any("gpu" in k for k in head["template"]["spec"]["containers"][0]["resources"]["limits"])
     assert cluster["enableInTreeAutoscaling"] and cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
-    cpu_demand = sum(Fraction(str(getattr(cfg, s).deployment.resources.num_cpus)) *
-                     capacity.replica_bounds(getattr(cfg, s).deployment)[1]
-                     for s in capacity.STAGES if getattr(cfg, s).deployment.resources.num_gpus == 0)
+    cpu_demand = sum(Fraction(str(s.config(cfg).deployment.resources.num_cpus)) *
+                     capacity.replica_bounds(s.config(cfg).deployment)[1]
+                     for s in stages.enabled(cfg) if s.config(cfg).deployment.resources.num_gpus == 0)
     cpu = groups["cpu-workers"]
     assert cpu["maxReplicas"] * int(cpu["rayStartParams"]["num-cpus"]) >= cpu_demand
     if "gpu-workers" in groups:
@@ -297,7 +280,7 @@ def test_rendered_groups_hold_every_replica(env_name: str) -> None:
         capacity.check_gpu_capacity(gen, gpus, gpu["maxReplicas"])
         assert gpu["maxReplicas"] * gpus >= gen.autoscaling.max_replicas * gen.resources.num_gpus
         assert gpu["rayStartParams"]["num-cpus"] == str(int(gen.resources.num_cpus))
-        assert gpu["template"]["spec"]["tolerations"] and gpu["template"]["spec"]["nodeSelector"]
+        assert gpu["template"]["spec"]["tolerations"]
     for group in groups.values():
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         probe = group["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
@@ -363,29 +346,38 @@ def _validate(doc: dict[str, Any]) -> None:
         kv.validate(doc, K8S_VERSION, strict=True)
 
 
-def _base_manifests() -> list[tuple[str, dict[str, Any]]]:
-    """(file, object) for every object in every file under k8s/base, kustomizations aside."""
+KUSTOMIZATIONS = ("k8s/base", "k8s/overlays/gpu-prod", "k8s/overlays/cpu-dev")
+
+
+def _manifests() -> list[tuple[str, dict[str, Any]]]:
+    """(file, object) for every object in every manifest file under k8s/ (not patches or kustomizations)."""
     return [(str(path.relative_to(REPO)), doc)
-            for path in sorted((REPO / "k8s/base").rglob("*.yaml")) for doc in _docs(path)
-            if isinstance(doc, dict) and "kind" in doc and doc["kind"] != "Kustomization"]
+            for path in sorted((REPO / "k8s").rglob("*.yaml")) if str(path.relative_to(REPO)) not in PATCHES
+            for doc in _docs(path) if isinstance(doc, dict) and "kind" in doc and doc["kind"] != "Kustomization"]
 
 
 @pytest.mark.parametrize("doc", [pytest.param(d, id=f"{p}:{d['kind']}/{d['metadata']['name']}")
-                                 for p, d in _base_manifests()])
-def test_every_base_manifest_validates(doc: dict[str, Any]) -> None:
+                                 for p, d in _manifests()])
+def test_every_manifest_validates(doc: dict[str, Any]) -> None:
     _validate(doc)
 
 
 def test_every_yaml_is_covered() -> None:
     # A YAML under k8s/ is a kustomization, a validated manifest, a rendered serve config or a patch
-    # whose result is validated in the kustomize builds; and every base manifest is deployed.
-    listed = set(_docs(REPO / "k8s/base/kustomization.yaml")[0]["resources"])
-    manifests = {p for p, _ in _base_manifests()}
-    assert {f"k8s/base/{r}" for r in listed} == manifests
+    # whose result is validated in the kustomize builds; and each is listed by its directory's
+    # kustomization (a rendered file nobody deploys would be a silent gap).
+    manifests = {p for p, _ in _manifests()}
+    listed: set[str] = set()
+    for kdir in KUSTOMIZATIONS:
+        k = _docs(REPO / kdir / "kustomization.yaml")[0]
+        entries = [*k.get("resources", []), *(p["path"] for p in k.get("patches", []))]
+        listed |= {f"{kdir}/{e}" for e in entries if not e.startswith("..")}
     for path in sorted((REPO / "k8s").rglob("*.y*ml")):
         rel = str(path.relative_to(REPO))
-        known = path.name in {"kustomization.yaml", "serve_config.yaml"} or rel in PATCHES
-        assert known or rel in manifests, f"{rel} is neither a validated manifest nor a known kind of file"
+        if path.name in {"kustomization.yaml", "serve_config.yaml"}:
+            continue
+        assert rel in manifests or rel in PATCHES, f"{rel} is neither a validated manifest nor a known patch"
+        assert rel in listed, f"{rel} is not listed by its directory's kustomization"
 
 
 @functools.cache
@@ -411,9 +403,14 @@ def test_kustomize_build_validates(overlay: str) -> None:
 
 
 def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Pod templates, with the labels KubeRay adds to Ray pods (ray.io/node-type, ray.io/group)."""
     if doc["kind"] == "RayService":
         cluster = doc["spec"]["rayClusterConfig"]
-        return [g["template"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+        head = {**cluster["headGroupSpec"]["template"], "kuberay": {"ray.io/node-type": "head"}}
+        workers = [{**g["template"], "kuberay": {"ray.io/node-type": "worker", "ray.io/group": g["groupName"]}}
+                   for g in cluster["workerGroupSpecs"]]
+        return [{**t, "metadata": {**t["metadata"], "labels": {**t["metadata"]["labels"], **t.pop("kuberay")}}}
+                for t in [head, *workers]]
     return [doc["spec"]["template"]] if doc["kind"] in {"StatefulSet", "Deployment"} else []
 
 
@@ -433,7 +430,7 @@ def test_references_resolve_within_the_build(overlay: str) -> None:
         for container in template["spec"]["containers"]:
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
-                if ref:
+                if ref and not ref.get("optional"):
                     assert ref["key"] in secrets.get(ref["name"], {}), (overlay, ref)
     # Each PodMonitor's port is a named port of every pod template it selects.
     for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
@@ -449,7 +446,8 @@ def test_overlays_differ_where_they_should() -> None:
     prod, dev = _build("overlays/gpu-prod"), _build("overlays/cpu-dev")
     pdbs = {o: sorted(d["metadata"]["name"] for d in docs if d["kind"] == "PodDisruptionBudget")
             for o, docs in (("prod", prod), ("dev", dev))}
-    assert pdbs == {"prod": ["ragserve-cpu-workers", "ragserve-gpu-workers"], "dev": ["ragserve-cpu-workers"]}
+    # prod keeps two CPU pods (a PDB) and one GPU pod (none); dev one of each kind (none).
+    assert pdbs == {"prod": ["ragserve-cpu-workers"], "dev": []}
     rayservices = [next(d for d in docs if d["kind"] == "RayService") for docs in (prod, dev)]
     assert [r["metadata"]["annotations"]["ragserve/rendered-from"] for r in rayservices] == [
         ENVS["prod"].overlay, ENVS["cpu-dev"].overlay]

@@ -2,15 +2,14 @@
 
 The file is validated against the cluster-launcher JSON schema that ships inside the pinned ``ray``
 package (``ray/autoscaler/ray-schema.json``, what ``ray up`` itself checks), and its node types are
-checked against the KubeRay worker groups that ``k8s/render.py`` derives from the prod config
-(``k8s/capacity.py``): same logical CPUs/GPUs per node, same min/max workers, a head with no app work.
+checked against the KubeRay worker groups that :mod:`deployments.render.k8s` derives from the prod
+config (:mod:`deployments.render.capacity`): same logical CPUs/GPUs per node, same min/max workers, a head with no app work.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,10 @@ import pytest
 import ray
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # k8s/ is a directory of scripts, imported as a namespace package
-    sys.path.insert(0, str(REPO))
+from deployments.render import k8s as render
+from deployments.render.capacity import plan_groups
 
-from k8s import render  # noqa: E402
-from k8s.capacity import plan_groups  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 LAUNCHER = REPO / "cluster" / "launcher" / "ragserve.yaml"
 PROD = REPO / "cluster" / "serve_config.prod.yaml"
@@ -39,8 +36,8 @@ def launcher() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def groups() -> dict[str, dict[str, Any]]:
     """The rendered RayService's worker groups, by name."""
-    serve, cfg, overlay = render.merged_serve_config(PROD)
-    spec = render.rayservice_spec(serve, cfg, overlay.kubernetes)
+    serve, cfg, overlay = render.merged_serve_config(PROD, REPO)
+    spec = render.rayservice_spec(serve, cfg, overlay.kubernetes, REPO)
     return {g["groupName"]: g for g in spec["rayClusterConfig"]["workerGroupSpecs"]}
 
 
@@ -76,7 +73,7 @@ def test_worker_types_match_the_k8s_worker_groups(launcher: dict[str, Any], grou
 
 def test_group_sizes_come_from_the_prod_config(groups: dict[str, Any]) -> None:
     # The comparison above is only as good as the groups: they are the capacity plan of the prod config.
-    _, cfg, overlay = render.merged_serve_config(PROD)
+    _, cfg, overlay = render.merged_serve_config(PROD, REPO)
     k8s = overlay.kubernetes
     plan = plan_groups(cfg, k8s.cpu_workers.cpus, (k8s.gpu_workers.gpus, k8s.gpu_workers.cpus))
     assert {g: (s.min_pods, s.max_pods, cpus) for g, (s, cpus) in plan.items()} == {

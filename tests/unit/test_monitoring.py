@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments import monitoring
+from deployments import stages
 from deployments.metrics import SPECS, MetricSpec
+from deployments.render import monitoring, stale_files
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "cluster" / "monitoring"
@@ -52,27 +53,26 @@ def test_series_names_extractor() -> None:
 
 
 def test_generation_is_deterministic() -> None:
-    first, second = monitoring.generate(), monitoring.generate()
+    first, second = monitoring.generate(ROOT), monitoring.generate(ROOT)
     assert first == second
-    assert set(first) == {p.relative_to(ROOT) for p in [MON / "prometheus.yml", DASHBOARD, *RULE_FILES]}
+    assert set(first) == {str(p.relative_to(ROOT)) for p in [MON / "prometheus.yml", DASHBOARD, *RULE_FILES]}
 
 
 def test_committed_files_are_current() -> None:
-    stale = monitoring.stale_files()
-    assert not stale, f"stale: {stale}; run `python -m deployments.monitoring`"
-    assert monitoring.main(["--check"]) == 0
+    stale = stale_files(monitoring.generate(ROOT), ROOT)
+    assert not stale, f"stale: {stale}; run `ragserve render`"
 
 
 def test_check_names_the_stale_file(tmp_path: Path) -> None:
-    files = monitoring.generate()
-    assert set(monitoring.stale_files(tmp_path)) == set(files)  # nothing written yet
+    files = monitoring.generate(ROOT)
+    assert set(stale_files(files, tmp_path)) == set(files)  # nothing written yet
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    assert monitoring.stale_files(tmp_path) == []
-    alerts = Path("cluster/monitoring/rules/alerts.yml")
+    assert stale_files(files, tmp_path) == []
+    alerts = "cluster/monitoring/rules/alerts.yml"
     (tmp_path / alerts).write_text(files[alerts] + "# hand edit\n")
-    assert monitoring.stale_files(tmp_path) == [alerts]
+    assert stale_files(files, tmp_path) == [alerts]
 
 
 def test_exported_names_follow_ray() -> None:
@@ -111,7 +111,7 @@ def test_dashboard_structure() -> None:
     assert len(ids) == len(set(ids))
     assert {v["name"] for v in dash["templating"]["list"]} == {"datasource"}
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert [f"stage: {s}" for s in monitoring.STAGES] == rows[: len(monitoring.STAGES)]
+    assert [f"stage: {s.name}" for s in stages.STAGES] == rows[: len(stages.STAGES)]
     for p in panels:
         assert 0 <= p["gridPos"]["x"] and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
         if p["type"] == "row":
@@ -119,16 +119,23 @@ def test_dashboard_structure() -> None:
         refs = [t["refId"] for t in p["targets"]]
         assert p["targets"] and len(refs) == len(set(refs)), p["title"]
         assert all(t["expr"].strip() and t["datasource"] == p["datasource"] for t in p["targets"]), p["title"]
-    for s in monitoring.STAGES:
+    for s in stages.STAGES:
         titles = {p["title"] for p in panels}
-        assert {f"{s}: {k}" for k in ("latency", "throughput", "errors", "replicas")} <= titles
+        assert {f"{s.name}: {k}" for k in ("latency", "throughput", "errors", "replicas")} <= titles
 
 
 def test_stages_are_the_stage_labels_the_code_records() -> None:
     used = set()
     for f in (ROOT / "deployments").rglob("*.py"):
         used |= set(re.findall(r'stage_call\("(\w+)"\)', f.read_text(encoding="utf-8")))
-    assert used == set(monitoring.STAGES) | set(monitoring.OPTIONAL_STAGES)
+    assert used == {s.name for s in stages.STAGES}
+
+
+def test_every_stage_has_its_latency_alert_at_its_threshold() -> None:
+    alerts = {r["alert"]: r["expr"] for r in _rules() if "alert" in r}
+    for s in stages.STAGES:  # optional stages too (rerank): an alert on an absent series never fires
+        expr = alerts[f"RagStageLatencyP99High{s.name.title()}"]
+        assert expr == f'stage:rag_stage_latency_seconds:p99{{stage="{s.name}"}} > {s.p99_alert_s:g}'
 
 
 def _source(package: str, relative: str) -> str:
@@ -167,7 +174,10 @@ def test_promtool_checks_rendered_config(tmp_path: Path) -> None:
     sd = tmp_path / monitoring.SD_FILE_NAME
     sd.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": ["127.0.0.1:1"]}]))
     out = tmp_path / "prometheus.yml"
-    assert monitoring.main(["--render-config", str(out), "--sd-file", str(sd), "--scrape-interval", "1s"]) == 0
+    from deployments.cli import main
+
+    assert main(["render", "--root", str(ROOT), "--prometheus-config", str(out), "--sd-file", str(sd),
+                 "--scrape-interval", "1s"]) == 0
     cfg = yaml.safe_load(out.read_text())
     assert cfg["scrape_configs"][0]["file_sd_configs"] == [{"files": [str(sd)]}]
     assert all(Path(f).is_absolute() and Path(f).is_file() for f in cfg["rule_files"])
