@@ -22,7 +22,9 @@ CASES = [
     ("/v1/retrieve", {"question": "pump", "top_k": 51}, 400, "top_k", "50"),
     ("/v1/retrieve", {"question": "pump", "mode": "fuzzy"}, 400, "mode", "hybrid"),
     ("/v1/generate", {"prompt": ""}, 400, "prompt", "empty"),
-    ("/v1/generate", {"prompt": "word " * 3000, "max_tokens": 64}, 400, "max_tokens", "context"),
+    # The caller's own text is named: their prompt alone does not fit, or their max_tokens next to it.
+    ("/v1/generate", {"prompt": "word " * 3000, "max_tokens": 64}, 400, "prompt", "shorten"),
+    ("/v1/generate", {"prompt": "word " * 1500, "max_tokens": 1000}, 400, "max_tokens", "at most"),
     ("/v1/embeddings", {"input": []}, 400, "input", "non-empty"),
     ("/v1/embeddings", {"input": ["a"] * 257}, 413, "input", "256"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "at least 1"),
