@@ -15,7 +15,7 @@ import pytest
 from conftest import sse_events
 from deployments import models
 from deployments.generator import prompt
-from deployments.protocol import Hit
+from deployments.protocol.stages import Hit
 
 pytestmark = pytest.mark.integration
 COLL = "it_packing"
