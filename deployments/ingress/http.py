@@ -8,6 +8,7 @@ is the only place any of them becomes an HTTP status, always with the body
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 import time
@@ -111,8 +112,9 @@ def error_response(exc: BaseException) -> JSONResponse:
     header here: Serve's proxy adds ``X-Request-Id`` to every response, errors included."""
     err = as_ragserve_error(exc)
     headers: dict[str, str] = {}
-    if isinstance(err, OverloadedError):
-        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    retry_after = getattr(err, "retry_after_s", None)  # 429 and 503 that know when to come back
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 

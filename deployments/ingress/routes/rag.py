@@ -55,8 +55,10 @@ def router(p: Pipeline) -> APIRouter:
         sampling = p.sampling(body)
         history = tuple(body.history or ())
         got = await p.retrieve(body.question, body, history)
+        # The caller's own text that can overflow the context: a question is capped by preprocess
+        # (max_query_chars) to fit, so with earlier turns it is the history that does not.
         gen = GenerationRequest(rag=p.rag_prompt(body.question, got.result.hits, history), sampling=sampling,
-                                request_id=http.request_id(request), prompt_param="question")
+                                request_id=http.request_id(request), prompt_param="history" if history else "question")
         context, chunks = await p.start(gen)
         if body.stream:
             return http.stream(_query_events(p, gen.request_id, got, context, chunks))
