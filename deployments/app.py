@@ -2,7 +2,8 @@
 
 ``serve run cluster/serve_config.yaml`` (or ``serve deploy``) imports :func:`app_builder`
 with the YAML's ``args``; Python callers use :func:`build_app` with an :class:`AppConfig`.
-Each deployment gets only its own config slice and its own Serve options.
+Every deployment comes from the stage registry (``deployments.stages``) and gets only its own
+config slice and its own Serve options.
 """
 
 from __future__ import annotations
@@ -11,28 +12,20 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments import stages
 from deployments.config import AppConfig, parse_app_config
-from deployments.encoder.deployment import Encoder
-from deployments.generator.deployment import Generator
-from deployments.ingress import Ingress
-from deployments.preprocess.deployment import Preprocessor
-from deployments.rerank.deployment import Reranker
-from deployments.search.deployment import Searcher
 
 
-def build_app(cfg: AppConfig) -> Application:
-    """Compose preprocess → encoder → search (→ rerank) → generator behind the HTTP ingress."""
+def build_app(cfg: AppConfig, registry: tuple[stages.Stage, ...] = stages.STAGES) -> Application:
+    """Every enabled stage of ``registry``, composed behind the HTTP ingress."""
     log = {"logging_config": cfg.logging.model_dump()}
-    preprocess = Preprocessor.options(**cfg.preprocess.deployment.serve_options(), **log).bind(cfg.preprocess)
-    encoder = Encoder.options(**cfg.encoder.deployment.serve_options(), **log).bind(cfg.encoder)
-    search = Searcher.options(**cfg.search.deployment.serve_options(), **log).bind(cfg.search)
-    generator = Generator.options(**cfg.generator.deployment.serve_options(), **log).bind(cfg.generator)
-    rerank = None
-    if cfg.reranker.enabled:
-        rerank = Reranker.options(**cfg.reranker.deployment.serve_options(), **log).bind(cfg.reranker)
-    return Ingress.options(**cfg.ingress.deployment.serve_options(), **log).bind(
-        preprocess, encoder, search, generator, cfg, rerank
-    )
+
+    def bind(stage: stages.Stage, *args: Any) -> Application:
+        opts = stage.config(cfg).deployment.serve_options()
+        return stage.deployment_class().options(name=stage.name, **opts, **log).bind(*args)
+
+    handles = {s.name: bind(s, s.config(cfg)) for s in stages.enabled(cfg, registry)}
+    return bind(stages.INGRESS, handles, cfg, registry)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -5,7 +5,7 @@ counted by the callers' handles). That is the right signal for preprocess and se
 calls are short and uniform, and for the ingress, whose in-flight requests are mostly
 generation streams (so it follows the generator's load). Two stages need something else:
 
-* **encoder** (``queue``): one ``encode_many`` call (``/v1/embeddings``, ingestion) carries up to
+* **encoder** (``queue``): one ``embed`` call (``/v1/embeddings``, ingestion) carries up to
   256 texts but counts as one request. The replicas report the texts waiting in their
   ``@serve.batch`` queue (:data:`ENCODER_QUEUED_TEXTS`); the policy scales on whichever is larger,
   that backlog or the request count.
@@ -96,7 +96,7 @@ def encoder_load(requests: float, queued_texts: float | None) -> float:
     """Encoder work: the larger of the request count and the reported batch backlog.
 
     Each single-text ``encode`` call is one request and at most one queued text, so for them
-    the request count is the larger; a bulk ``encode_many`` call is one request but many texts.
+    the request count is the larger; a bulk ``embed`` call is one request but many texts.
     """
     return max(requests, queued_texts or 0.0)
 

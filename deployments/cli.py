@@ -23,23 +23,15 @@ import yaml
 
 from deployments import localcluster
 from deployments.bench import command as bench_command
-from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, load_config_or_defaults, load_serve_yaml
+from deployments.client import iter_sse
+from deployments.config import AppConfig, load_config_or_defaults
 from deployments.envs import env
 from deployments.errors import RagServeError
 from deployments.evaluation import command as eval_command
 from deployments.render import command as render_command
+from deployments.stack import LocalStack
 
 log = logging.getLogger("ragserve")
-
-
-def _local_stack(args: argparse.Namespace, **kw: Any) -> Any:
-    """A LocalStack for the config, on the host/port of the serve YAML's ``http_options``."""
-    from deployments.stack import LocalStack
-
-    p = Path(args.config or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
-    http = (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
-    return LocalStack(load_config_or_defaults(args.config), host=http.get("host", "127.0.0.1"),
-                      port=http.get("port", 8000), **kw)
 
 
 def sample_corpus() -> Path:
@@ -106,22 +98,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if r.status_code != 200:
             print(f"error {r.status_code}: {r.read().decode()}", file=sys.stderr)
             return 1
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                if event == "sources":
-                    sources = data["sources"]
-                elif event == "error":
-                    print(f"\nerror: {data['error']['message']}", file=sys.stderr)
-                    return 1
-                elif event == "done":
-                    done = data
-                else:
-                    print(data["delta"], end="", flush=True)
-                event = None
+        for event, payload in iter_sse(r.iter_lines()):
+            data = json.loads(payload)
+            if event == "sources":
+                sources = data["sources"]
+            elif event == "error":
+                print(f"\nerror: {data['error']['message']}", file=sys.stderr)
+                return 1
+            elif event == "done":
+                done = data
+            else:
+                print(data["delta"], end="", flush=True)
     print("\n\nSources:")
     marks = set(done.get("cited", [])) | set(done.get("grounded_in", []))
     for s in sources:
@@ -143,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start Milvus Lite (if local), Ray and the app; serve until interrupted."""
-    stack = _local_stack(args, ray_address=args.address)
+    stack = LocalStack.from_config_file(args.config, ray_address=args.address)
     stop = threading.Event()
     with stack:
         # SIGTERM (service managers, `kill`) stops as cleanly as Ctrl-C, Ray and Milvus Lite
@@ -162,7 +149,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole path once: ingest the sample corpus, start everything, ask, stop."""
     args.paths, args.collection, args.local, args.verbose, args.quiet = [str(sample_corpus())], None, True, True, True
     cmd_ingest(args)
-    with _local_stack(args) as st:
+    with LocalStack.from_config_file(args.config) as st:
         print(f"\napp started in {st.timings['cold_start_s']:.1f}s on {st.url}\n")
         args.url, args.top_k, args.timeout = st.url, None, 120
         for q in args.questions or DEMO_QUESTIONS:

@@ -344,6 +344,21 @@ class IngressConfig(_Strict):
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=128)
 
 
+class ConversationConfig(_Strict):
+    """How a follow-up question becomes a search query (deployments/ingress/conversation.py)."""
+
+    condense: Literal["rewrite", "join", "last"] = Field(
+        "rewrite",
+        description="Default for requests with history: rewrite (the generator writes a standalone question; "
+        "join if that fails), join (recent user turns joined with the question), last (the question alone).",
+    )
+    join_turns: int = Field(2, ge=0, le=16, description="Earlier user turns joined (and shown to the rewrite).")
+    rewrite_max_tokens: int = Field(48, ge=8, le=256, description="Longest rewrite generated.")
+    rewrite_max_chars: int = Field(400, ge=20, description="A longer rewrite is refused (join is used).")
+    rewrite_timeout_s: float = Field(
+        30.0, gt=0, description="A rewrite not done by then is abandoned for join (the question is still answered).")
+
+
 class LoggingOptions(_Strict):
     """Replica logging, applied to every deployment (Serve's ``logging_config``).
 
@@ -367,6 +382,8 @@ class AppConfig(_Strict):
     reranker: RerankerConfig = Field(default_factory=RerankerConfig, description="Optional rerank stage.")
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP ingress.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Document ingestion.")
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig,
+                                             description="Retrieval for follow-up questions.")
     logging: LoggingOptions = Field(default_factory=LoggingOptions, description="Replica logging.")
 
 

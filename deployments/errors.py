@@ -26,12 +26,15 @@ class RagServeError(Exception):
         """The public JSON error body."""
         return error_body(self.message, self.type, self.status, self.param)
 
-    def __reduce__(self):  # keep param across Ray's pickling
-        return (_rebuild, (type(self), self.message, self.param))
+    def __reduce__(self):  # Ray pickles a replica's exception: keep every field, not only the message
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
 
 
-def _rebuild(cls: type[RagServeError], message: str, param: str | None) -> RagServeError:
-    return cls(message, param=param)
+def _rebuild(cls: type[RagServeError], message: str, fields: dict[str, Any]) -> RagServeError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(fields)
+    return err
 
 
 def error_body(message: str, type_: str, status: int, param: str | None = None) -> dict[str, Any]:
@@ -72,16 +75,42 @@ class ConflictError(RagServeError):
     type = "conflict_error"
 
 
-class OverloadedError(RagServeError):
-    """Too many requests queued (503, retry later)."""
+class UnauthorizedError(RagServeError):
+    """No API key, or one that is not known (401)."""
 
-    status = 503
-    type = "overloaded_error"
+    status = 401
+    type = "authentication_error"
+
+
+class ForbiddenError(RagServeError):
+    """The key may not use this route or resource (403)."""
+
+    status = 403
+    type = "permission_error"
+
+
+class _RetryAfter(RagServeError):
+    """An error that tells the client when to retry (the Retry-After header)."""
+
     retriable = True
 
     def __init__(self, message: str, *, param: str | None = None, retry_after_s: float = 1.0) -> None:
         super().__init__(message, param=param)
         self.retry_after_s = retry_after_s  # sent as the Retry-After header
+
+
+class RateLimitedError(_RetryAfter):
+    """The key is over its rate limit or quota (429, retry later)."""
+
+    status = 429
+    type = "rate_limit_error"
+
+
+class OverloadedError(_RetryAfter):
+    """Too many requests queued (503, retry later)."""
+
+    status = 503
+    type = "overloaded_error"
 
 
 class DependencyUnavailableError(RagServeError):
@@ -98,3 +127,13 @@ class DependencyTimeoutError(RagServeError):
     status = 504
     type = "timeout_error"
     retriable = True
+
+
+def all_errors() -> tuple[type[RagServeError], ...]:
+    """Every public error type (the tests check each one's status, shape and pickling)."""
+    found, todo = [], [RagServeError]
+    while todo:
+        cls = todo.pop(0)
+        found.append(cls)
+        todo += cls.__subclasses__()
+    return tuple(c for c in found if not c.__name__.startswith("_") and c.__module__ == __name__)

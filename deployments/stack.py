@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from deployments import envs
-from deployments.config import AppConfig
+from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, load_config_or_defaults, load_serve_yaml
+from deployments.envs import env
 from deployments.search.lite import LiteServer, is_listening, local_endpoint
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,15 @@ class LocalStack:
     timings: dict[str, float] = field(default_factory=dict)
     _milvus: LiteServer | None = None
     _own_ray: bool = False
+
+    @classmethod
+    def from_config_file(cls, path: str | Path | None = None, **kw: Any) -> "LocalStack":
+        """The stack of a serve config YAML (default: ``RAGSERVE_CONFIG``, else the shipped one),
+        on the host and port of its ``http_options``; without a file, the schema's defaults."""
+        p = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+        http = (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
+        return cls(load_config_or_defaults(path), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000),
+                   **kw)
 
     @property
     def url(self) -> str:

@@ -62,7 +62,7 @@ class Stage:
 
 
 #: The ingress: the HTTP front door composing the stages below (not a `stage` metric label).
-INGRESS = Stage("ingress", "ingress", "deployments.ingress:Ingress", ready_call=None)
+INGRESS = Stage("ingress", "ingress", "deployments.ingress.deployment:Ingress", ready_call=None)
 
 #: The stages in request order. The generator is the only one that may ask for GPUs.
 STAGES: tuple[Stage, ...] = (

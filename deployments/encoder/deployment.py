@@ -9,6 +9,7 @@ from ray import serve
 
 from deployments import metrics
 from deployments.config import EncoderConfig
+from deployments.protocol.stages import Embeddings
 
 
 @serve.deployment(name="encoder")
@@ -38,15 +39,17 @@ class Encoder:
             metrics.observe("rag_stage_queue_seconds", started - enqueued, stage="encoder")
             return vec
 
-    async def encode_many(self, texts: list[str]) -> list[list[float]]:
-        """Embed several texts; they join the same batches as concurrent single calls."""
-        return list(await asyncio.gather(*(self.encode(t) for t in texts)))
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """Embed several texts (they join the same batches as concurrent single calls), with the
+        tokens the model read (for usage accounting)."""
+        vectors = await asyncio.gather(*(self.encode(t) for t in texts))
+        return Embeddings(vectors=tuple(tuple(v) for v in vectors), tokens=self.embedder.input_tokens(texts))
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """This replica's autoscaling signal (Ray Serve calls it while autoscaling is on).
 
         Texts waiting in the batch queue: the work the ``queue`` policy scales on. A bulk
-        ``encode_many`` call is one request to Serve but one queued text per input.
+        ``embed`` call is one request to Serve but one queued text per input.
         """
         from deployments.autoscaling import ENCODER_QUEUED_TEXTS, batch_queue_length
 

@@ -47,6 +47,11 @@ class Embedder:
         )
         return vecs.astype("float32").tolist()
 
+    def input_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads for ``texts``: special tokens included, each cut at ``max_seq_length``."""
+        ids = self.model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        return sum(min(len(i), self.model.max_seq_length) for i in ids)
+
     def count_tokens(self, text: str) -> int:
         """Tokens the model's own tokenizer makes of ``text`` (for chunk sizing)."""
         return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -58,9 +58,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.url:
             report = runner.run_sync(args.url, evalset, opts)
         else:
-            from deployments.cli import _local_stack  # imported here: cli imports this module
+            from deployments.stack import LocalStack
 
-            with _local_stack(args) as st:
+            with LocalStack.from_config_file(args.config) as st:
                 print(f"app started in {st.timings['cold_start_s']:.1f}s on {st.url}")
                 report = runner.run_sync(st.url, evalset, opts)
     except (runner.EvalError, httpx.HTTPError) as e:

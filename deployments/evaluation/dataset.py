@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deployments.protocol import MAX_TAGS, DocId, Tag
+from deployments.protocol.types import MAX_TAGS, DocId, Tag
 
 #: Most problems listed in one :class:`DatasetError` message (the rest are counted).
 MAX_LISTED = 25

@@ -90,3 +90,25 @@ def grouped(items: Sequence[T], key: Callable[[T], str], scores: Callable[[T], M
     for item in items:
         groups.setdefault(key(item), []).append(scores(item))
     return {g: {"n": len(groups[g]), **mean(groups[g], names)} for g in sorted(groups)}
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], rounds: int = 2000, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, float]:
+    """How sure a difference of means is: the mean of ``a - b`` over the same questions, with a
+    percentile bootstrap confidence interval (questions resampled with replacement, paired).
+
+    Returns:
+        ``diff`` (the observed mean difference), ``low`` and ``high`` (the interval's bounds) and
+        ``p_not_better`` (share of resamples where ``a`` was not better than ``b``).
+    """
+    import random
+
+    if len(a) != len(b) or not a:
+        raise ValueError("paired samples must be non-empty and of equal length")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(rounds))
+    tail = (1 - confidence) / 2
+    return {"diff": sum(diffs) / n, "low": means[int(tail * rounds)], "high": means[min(rounds - 1, int((1 - tail) * rounds))],
+            "p_not_better": sum(m <= 0 for m in means) / rounds}

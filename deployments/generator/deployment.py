@@ -27,7 +27,9 @@ from deployments.config import GeneratorConfig
 from deployments.errors import DependencyTimeoutError, DependencyUnavailableError
 from deployments.generator import hardware, packing
 from deployments.generator.admission import PrefillQueue
-from deployments.protocol import ChatMessage, GenerationChunk, GenerationRequest
+from deployments.protocol.stages import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+from deployments.protocol.types import ChatMessage
+
 
 #: Serve's replica logger: its lines land in the replica's log file with the replica's tags.
 log = logging.getLogger("ray.serve")
@@ -80,6 +82,37 @@ def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> tuple[Any, h
     return engine, settings
 
 
+def engine_params(s: SamplingParams, max_tokens: int) -> Any:
+    """vLLM's sampling parameters for ours (max_tokens as packed)."""
+    from vllm import SamplingParams as VllmSampling
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    if s.structured is not None:
+        structured = (StructuredOutputsParams(json_object=True) if s.structured.kind == "json_object"
+                      else StructuredOutputsParams(json=s.structured.json_schema))
+    return VllmSampling(
+        n=s.n, max_tokens=max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop) or None,
+        seed=s.seed, presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+        logit_bias=dict(s.logit_bias) or None, logprobs=s.logprobs, structured_outputs=structured,
+        output_kind=RequestOutputKind.DELTA)
+
+
+def token_logprobs(output: Any, k: int | None) -> tuple[TokenLogprob, ...]:
+    """The log probabilities of a completion output's new tokens, with the ``k`` best alternatives."""
+    if k is None or not output.logprobs:
+        return ()
+    out = []
+    for token_id, alternatives in zip(output.token_ids, output.logprobs, strict=False):
+        chosen = alternatives.get(token_id)
+        if chosen is None:
+            continue
+        ranked = sorted(alternatives.values(), key=lambda a: a.rank if a.rank is not None else 1 << 30)[:k]
+        out.append(TokenLogprob(token=chosen.decoded_token or "", logprob=float(chosen.logprob),
+                                top=tuple((a.decoded_token or "", float(a.logprob)) for a in ranked)))
+    return tuple(out)
+
+
 class EngineTokens:
     """:class:`packing.Tokens` over the engine's own tokenizer."""
 
@@ -128,15 +161,22 @@ class Generator:
             pass
         return len(ids) / max(time.perf_counter() - t, 1e-3)
 
-    def _pack(self, req: GenerationRequest) -> packing.Packed:
+    def _prompt_ids(self, req: GenerationRequest) -> tuple[list[int], packing.Packed]:
+        """Token ids of the prompt, packed into the context; a raw text prompt is not templated."""
+        limit = self.cfg.max_model_len
+        if req.text is not None:
+            ids = self.tokens.tok.encode(req.text)
+            max_tokens = packing.completion_budget(len(ids), req.sampling, limit, req.prompt_param)
+            return ids, packing.Packed((), max_tokens, None)
         if req.rag is not None:
-            return packing.pack_rag(req.rag, req.sampling, self.cfg.max_model_len, self.tokens, req.prompt_param)
-        return packing.pack_messages(req.messages, req.sampling, self.cfg.max_model_len, self.tokens,
-                                     req.prompt_param)
+            packed = packing.pack_rag(req.rag, req.sampling, limit, self.tokens, req.prompt_param)
+        else:
+            packed = packing.pack_messages(req.messages, req.sampling, limit, self.tokens, req.prompt_param)
+        return self.tokens.ids(packed.messages), packed
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream the answer: a first chunk once admitted (with the packed context), text deltas,
-        then a final chunk with finish reason and token counts.
+        """Stream the answer: a first chunk once admitted (with the packed context), text deltas
+        per choice, a chunk ending each choice, and a last ``done`` chunk with the token counts.
 
         Raises:
             InvalidRequestError: the caller's own input does not fit the context.
@@ -144,24 +184,16 @@ class Generator:
             DependencyUnavailableError: the engine died (Serve's health check restarts the replica).
             DependencyTimeoutError: generation ran past ``request_timeout_s``.
         """
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         with metrics.stage_call("generator"):
-            packed = self._pack(req)
-            ids = self.tokens.ids(packed.messages)
-            s = req.sampling
-            params = SamplingParams(
-                max_tokens=packed.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=list(s.stop) or None,
-                seed=s.seed, output_kind=RequestOutputKind.DELTA,
-            )
+            ids, packed = self._prompt_ids(req)
+            params = engine_params(req.sampling, packed.max_tokens)
             ahead = self.queue.admit(len(ids))
             self._running += 1
             metrics.set_gauge("rag_generator_running_requests", self._running)
             ttft: float | None = None
             try:
-                yield GenerationChunk(text="", context=packed.context)
-                async for chunk, first_s in self._stream(ids, params, req.request_id):
+                yield GenerationChunk(context=packed.context)
+                async for chunk, first_s in self._stream(ids, params, req.request_id, req.sampling.logprobs):
                     if first_s is not None and ttft is None:
                         ttft = first_s
                         self.queue.started(len(ids), ahead, ttft)
@@ -172,8 +204,8 @@ class Generator:
                 self._running -= 1
                 metrics.set_gauge("rag_generator_running_requests", self._running)
 
-    async def _stream(self, ids: list[int], params: Any,
-                      request_id: str) -> AsyncIterator[tuple[GenerationChunk, float | None]]:
+    async def _stream(self, ids: list[int], params: Any, request_id: str,
+                      logprobs: int | None) -> AsyncIterator[tuple[GenerationChunk, float | None]]:
         """Engine outputs as chunks, each with the time to first token once it is known."""
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -188,14 +220,15 @@ class Generator:
                     if first is None:
                         first = time.perf_counter()
                         metrics.observe("rag_generator_ttft_seconds", first - start)
-                    o = out.outputs[0]
-                    n_out += len(o.token_ids)
+                    for o in out.outputs:
+                        n_out += len(o.token_ids)
+                        if o.text or o.finish_reason is not None:
+                            yield GenerationChunk(text=o.text, index=o.index, finish_reason=o.finish_reason,
+                                                  logprobs=token_logprobs(o, logprobs)), first - start
                     if out.finished:
                         self._record_done(start, first, len(ids), n_out)
-                        yield GenerationChunk(text=o.text, finish_reason=o.finish_reason, prompt_tokens=len(ids),
-                                              completion_tokens=n_out), first - start
-                    elif o.text:
-                        yield GenerationChunk(text=o.text), first - start
+                        yield GenerationChunk(done=True, prompt_tokens=len(ids), completion_tokens=n_out), \
+                            first - start
         except TimeoutError:
             raise DependencyTimeoutError(
                 f"generation did not finish within {self.cfg.request_timeout_s}s"

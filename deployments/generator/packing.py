@@ -22,7 +22,8 @@ from typing import Protocol
 
 from deployments.errors import InvalidRequestError
 from deployments.generator import prompt
-from deployments.protocol import ChatMessage, PackedContext, RagPrompt, SamplingParams
+from deployments.protocol.stages import PackedContext, RagPrompt, SamplingParams
+from deployments.protocol.types import ChatMessage
 
 #: A passage cut to fewer tokens than this is dropped instead (a stub helps no answer).
 MIN_TRIMMED_TOKENS = 32

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from deployments.protocol import ChatMessage, Hit
+from deployments.protocol.stages import Hit
+
+from deployments.protocol.types import ChatMessage
 
 _CITE = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 

@@ -9,25 +9,27 @@ code), and the search stage compares versions and writes each document in one re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from deployments.config import AppConfig
 from deployments.ingest import pipeline
 from deployments.ingest.parsers import Document
-from deployments.protocol import DocumentIn, DocumentResult
+from deployments.protocol.api import DocumentIn, DocumentResult
+
+if TYPE_CHECKING:
+    from deployments.ingress.pipeline import Pipeline
 
 #: Documents of one request processed at once (each makes several stage calls).
 CONCURRENCY = 4
 
 
 class DocumentWriter:
-    """Writes documents using stage handles; ``call`` awaits a stage response under the
-    ingress's deadline and error mapping (``Ingress._call``)."""
+    """Writes documents through the stages of a :class:`~deployments.ingress.pipeline.Pipeline`
+    (each call under its deadline and error mapping)."""
 
-    def __init__(self, preprocess: Any, encoder: Any, search: Any,
-                 call: Callable[[Any, str], Awaitable[Any]], cfg: AppConfig) -> None:
-        self.preprocess, self.encoder, self.search, self.call, self.cfg = preprocess, encoder, search, call, cfg
+    def __init__(self, pipeline: "Pipeline") -> None:
+        self.p = pipeline
+        self.cfg: AppConfig = pipeline.cfg
 
     async def upsert(self, collection: str, docs: list[DocumentIn]) -> list[DocumentResult]:
         """Upsert every document (at most :data:`CONCURRENCY` at a time); results in input order."""
@@ -40,19 +42,17 @@ class DocumentWriter:
         return list(await asyncio.gather(*(one(d) for d in docs)))
 
     async def _one(self, collection: str, d: DocumentIn) -> DocumentResult:
-        icfg, pcfg = self.cfg.ingest, self.cfg.preprocess
+        icfg, pcfg, h, call = self.cfg.ingest, self.cfg.preprocess, self.p.handles, self.p.call
         doc = Document(doc_id=d.id, source=d.source or d.id, title=d.title, text=d.text.strip(),
                        tags=tuple(d.tags), created_at=int(d.created_at or 0))
-        stored = await self.call(self.search.document_state.remote(collection, doc.doc_id), "search")
-        chunks = await self.call(
-            self.encoder.chunk.remote(doc.text, icfg.chunk_tokens, icfg.chunk_overlap_tokens), "encoder")
+        stored = await call(h["search"].document_state.remote(collection, doc.doc_id), "search")
+        chunks = await call(h["encoder"].chunk.remote(doc.text, icfg.chunk_tokens, icfg.chunk_overlap_tokens),
+                            "encoder")
         p = pipeline.plan_chunks(doc, chunks, pcfg)
         if pipeline.is_unchanged(p, stored):
             return DocumentResult(id=doc.doc_id, status="unchanged", chunks=len(p.texts))
-        lexical, vectors = await asyncio.gather(
-            self.call(self.preprocess.analyze.remote(list(p.texts)), "preprocess"),
-            self.call(self.encoder.encode_many.remote(list(p.texts)), "encoder"),
-        )
-        rows = pipeline.rows(p, vectors, lexical)
-        await self.call(self.search.replace_document.remote(collection, doc.doc_id, rows, sorted(stored)), "search")
+        lexical, embedded = await asyncio.gather(
+            call(h["preprocess"].analyze.remote(list(p.texts)), "preprocess"), self.p.embed(list(p.texts)))
+        rows = pipeline.rows(p, [list(v) for v in embedded.vectors], lexical)
+        await call(h["search"].replace_document.remote(collection, doc.doc_id, rows, sorted(stored)), "search")
         return DocumentResult(id=doc.doc_id, status="updated" if stored else "added", chunks=len(rows))

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from deployments.config import IngestConfig
 from deployments.preprocess.text import normalize
-from deployments.protocol import DocumentIn
+from deployments.protocol.api import DocumentIn
 
 log = logging.getLogger(__name__)
 

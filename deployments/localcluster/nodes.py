@@ -21,13 +21,14 @@ from typing import Any
 
 import psutil
 
+from deployments import stages
+
 log = logging.getLogger(__name__)
 
 #: Custom resource each worker type advertises; a stage asks for 1 unit of its type's resource.
 NODE_TYPE_RESOURCES: dict[str, str] = {"cpu": "ragserve_cpu_worker", "generator": "ragserve_generator_worker"}
-#: Which worker type each stage runs on (same split as deployments/render/capacity.py: CPU pods vs GPU pods).
-STAGE_NODE_TYPE: dict[str, str] = {"ingress": "cpu", "preprocess": "cpu", "encoder": "cpu", "search": "cpu",
-                                   "generator": "generator"}
+#: Which worker type each deployment runs on (the registry's node types: CPU pods vs GPU pods in k8s).
+STAGE_NODE_TYPE: dict[str, str] = {s.name: s.node_type for s in stages.DEPLOYMENTS}
 #: Units of the type resource a worker advertises: CPUs, not this, limit how many replicas fit.
 RESOURCE_CAPACITY = 1000
 #: Ports per node: fixed services at the start of the block, Ray worker processes after them.
@@ -163,9 +164,9 @@ def placement_args(args: dict[str, Any]) -> dict[str, Any]:
     A stage that already names custom resources keeps them; the type resource is added next to them.
     """
     out = json.loads(json.dumps(args))  # deep copy of plain YAML data
-    for stage, node_type in STAGE_NODE_TYPE.items():
-        res = out.setdefault(stage, {}).setdefault("deployment", {}).setdefault("resources", {})
-        res.setdefault("resources", {}).setdefault(NODE_TYPE_RESOURCES[node_type], 1)
+    for stage in stages.DEPLOYMENTS:  # keyed by config slice: the rerank stage's is `reranker`
+        res = out.setdefault(stage.config_field, {}).setdefault("deployment", {}).setdefault("resources", {})
+        res.setdefault("resources", {}).setdefault(NODE_TYPE_RESOURCES[stage.node_type], 1)
     return out
 
 

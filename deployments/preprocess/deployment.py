@@ -7,7 +7,7 @@ from ray import serve
 from deployments import metrics
 from deployments.config import PreprocessConfig
 from deployments.preprocess import text
-from deployments.protocol import PreparedQuery
+from deployments.protocol.stages import PreparedQuery
 
 
 @serve.deployment(name="preprocess")

@@ -18,7 +18,7 @@ from typing import Literal
 from deployments.config import PreprocessConfig
 from deployments.errors import InvalidRequestError, PayloadTooLargeError
 from deployments.preprocess import stopwords
-from deployments.protocol import PreparedQuery
+from deployments.protocol.stages import PreparedQuery
 
 _HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _HAN_RUN = re.compile(f"[{_HAN}]+")

@@ -1,13 +1,14 @@
 """Every generated file of the repository, rendered from its one source: ``ragserve render``.
 
-Two families of targets, each a function of the repository root returning ``{relative path: text}``:
+Three families of targets, each a function of the repository root returning ``{relative path: text}``:
 
 * :mod:`~deployments.render.monitoring`: Prometheus config, recording and alert rules and the
   Grafana dashboard under ``cluster/monitoring/`` (from ``deployments/metrics.py`` and the stage
   registry);
 * :mod:`~deployments.render.k8s`: the KubeRay manifests under ``k8s/`` (from
   ``cluster/serve_config.yaml`` and its overlays; worker groups sized by
-  :mod:`~deployments.render.capacity`), the monitoring resources included.
+  :mod:`~deployments.render.capacity`), the monitoring resources included;
+* :mod:`~deployments.render.openapi`: ``docs/openapi.json``, the document the ingress serves.
 
 Paths are relative to the root the caller names (``--root``, default the current directory), never
 to where this package is installed: the files belong to a checkout, the code may live in a wheel.
@@ -22,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from deployments.render import k8s, monitoring
+from deployments.render import k8s, monitoring, openapi
 
 #: Each target: repository root -> {path relative to it: text}.
-TARGETS: tuple[Callable[[Path], dict[str, str]], ...] = (monitoring.generate, k8s.render_all)
+TARGETS: tuple[Callable[[Path], dict[str, str]], ...] = (monitoring.generate, k8s.render_all, openapi.generate)
 #: How many lines of a stale file's diff ``--check`` prints.
 DIFF_LINES = 40
 

@@ -16,7 +16,7 @@ from ray import serve
 
 from deployments import metrics
 from deployments.config import RerankerConfig
-from deployments.protocol import Hit
+from deployments.protocol.stages import Hit
 
 
 def rerank(question: str, hits: Sequence[Hit], top_k: int,

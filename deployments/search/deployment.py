@@ -14,7 +14,7 @@ from ray import serve
 from deployments import metrics
 from deployments.config import SearchConfig
 from deployments.errors import DependencyUnavailableError, InvalidRequestError, NotFoundError
-from deployments.protocol import SearchRequest, SearchResult
+from deployments.protocol.stages import SearchRequest, SearchResult
 from deployments.search.store import ChunkStore, connect, list_collections
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ that a document replacement leaves behind for an instant (see ``ChunkStore.repla
 
 from __future__ import annotations
 
-from deployments.protocol import Filter
+from deployments.protocol.types import Filter
 
 #: Rows a search may see: live chunks only (tombstones have ``live == false``).
 LIVE = "live == true"

@@ -21,7 +21,8 @@ from typing import Any
 from deployments.config import MilvusConfig, SearchConfig
 from deployments.envs import env
 from deployments.errors import ConflictError, DependencyTimeoutError, DependencyUnavailableError, NotFoundError
-from deployments.protocol import Filter, Hit
+from deployments.protocol.stages import Hit
+from deployments.protocol.types import Filter
 from deployments.search.filters import LIVE, compile_filter, quote
 
 log = logging.getLogger(__name__)

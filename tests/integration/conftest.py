@@ -23,10 +23,9 @@ from deployments.search.lite import LiteServer
 from deployments.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -51,12 +50,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The app as users run it (cluster/serve_config.yaml), on private ports and data."""
     pytest.importorskip("vllm", reason="integration tests need the cpu (or gpu) extra")
     data = tmp_path_factory.mktemp("milvus")
-    milvus = LiteServer(data, free_port()).start()
+    milvus = LiteServer(data, _free_port()).start()
     args = load_config(ROOT / "cluster" / "serve_config.yaml").model_dump(mode="json")
     args["search"]["milvus"].update(uri=milvus.uri, collection="it_sample", timeout_s=3)
     cfg = parse_app_config(args)
     _ingest(cfg)
-    local = LocalStack(cfg, port=free_port())
+    local = LocalStack(cfg, port=_free_port())
     st = Stack(local.url, cfg, milvus, local.timings, httpx.Client(base_url=local.url, timeout=180))
     try:
         local.start()
@@ -84,19 +83,24 @@ def _ingest(cfg: AppConfig) -> None:
     assert store.count() == sum(r.chunks for r in reports)
 
 
-def sse_events(response: httpx.Response) -> list[tuple[str, str]]:
-    """(event, data) pairs of a server-sent event stream; plain data lines have event ''."""
-    events, event = [], ""
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            events.append((event, line[6:]))
-            event = ""
-    return events
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a free TCP port on 127.0.0.1."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def ingest_sample():
+    """A function ingesting the sample corpus into a config's collection (and checking a re-run writes nothing)."""
+    return _ingest
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the outage tests last: they stop Milvus and kill the vLLM engine of the shared stack,
-    and the tests after them would otherwise run against a just-replaced generator replica."""
+    """Every test here is an integration test (the directory sets the tier). Run the outage tests
+    last: they stop Milvus and kill the vLLM engine of the shared stack, and the tests after them
+    would otherwise run against a just-replaced generator replica."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.path.name == "test_outage.py")

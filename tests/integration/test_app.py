@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from conftest import sse_events
+from deployments.client import iter_sse
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def test_query_streams_sources_tokens_and_summary(stack) -> None:
     with stack.client.stream("POST", "/v1/query", json=q) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(r)
+        events = list(iter_sse(r.iter_lines()))
     kinds = [e for e, _ in events]
     assert kinds[0] == "sources" and kinds[-1] == "done" and kinds.count("") >= 2, kinds
     sources = json.loads(events[0][1])["sources"]
@@ -114,7 +114,7 @@ def test_generate_without_retrieval(stack) -> None:
     assert body["usage"]["prompt_tokens"] > 0
     with stack.client.stream("POST", "/v1/generate", json={"prompt": "Count to five.", "stream": True,
                                                             "max_tokens": 16}) as s:
-        events = sse_events(s)
+        events = list(iter_sse(s.iter_lines()))
     assert events[-1][0] == "done" and json.loads(events[-1][1])["usage"]["completion_tokens"] <= 16
 
 
@@ -130,7 +130,7 @@ def test_chat_completions_openai_shape(stack) -> None:
 
     with stack.client.stream("POST", "/v1/chat/completions",
                              json={"messages": msgs, "max_tokens": 24, "stream": True}) as s:
-        events = [d for _, d in sse_events(s)]
+        events = [d for _, d in list(iter_sse(s.iter_lines()))]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(d) for d in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)

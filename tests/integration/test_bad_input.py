@@ -28,7 +28,16 @@ CASES = [
     ("/v1/embeddings", {"input": []}, 400, "input", "non-empty"),
     ("/v1/embeddings", {"input": ["a"] * 257}, 413, "input", "256"),
     ("/v1/chat/completions", {"messages": []}, 400, "messages", "at least 1"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n", "1"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 5}, 400, "n", "4"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}, 400, "frobnicate",
+     "unknown field"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "messages.0.content.0", "text only"),
+    ("/v1/embeddings", {"input": [1, 2, 3]}, 400, "input", "token arrays"),
+    ("/v1/embeddings", {"input": "a", "dimensions": 100}, 400, "dimensions", "384"),
+    ("/v1/embeddings", {"input": "a", "model": "text-embedding-3-small"}, 404, "model", "/v1/models"),
+    ("/v1/completions", {"prompt": [1, 2, 3]}, 400, "prompt", "token ids"),
+    ("/v1/completions", {"prompt": "a", "suffix": "b"}, 400, "suffix", "not supported"),
     ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages", "user"),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role", "system"),
 ]

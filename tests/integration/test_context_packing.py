@@ -12,10 +12,10 @@ import json
 
 import pytest
 
-from conftest import sse_events
+from deployments.client import iter_sse
 from deployments import models
 from deployments.generator import prompt
-from deployments.protocol import Hit
+from deployments.protocol.stages import Hit
 
 pytestmark = pytest.mark.integration
 COLL = "it_packing"
@@ -89,16 +89,34 @@ def test_streamed_answer_says_which_sources_went_in(stack, collection: str) -> N
                                                         "top_k": stack.cfg.search.max_top_k, "max_tokens": 16,
                                                         "stream": True}) as r:
         assert r.status_code == 200
-        events = sse_events(r)
+        events = list(iter_sse(r.iter_lines()))
     first = json.loads(events[0][1])
     assert events[0][0] == "sources" and first["context"]["dropped"]
     assert len(first["context"]["sources"]) + len(first["context"]["dropped"]) == len(first["sources"])
     assert events[-1][0] == "done"
 
 
-def test_the_users_own_over_long_question_is_a_400_naming_it(stack, collection: str) -> None:
-    question = ("请详细说明" + chinese_document(1))[: stack.cfg.preprocess.max_query_chars]
-    r = stack.client.post("/v1/query", json={"question": question, "collection": collection})
+def long_question(stack) -> str:
+    return ("请详细说明" + chinese_document(1) * 2)[: stack.cfg.preprocess.max_query_chars]
+
+
+def test_a_long_question_gets_a_lowered_default_max_tokens_not_a_400(stack, collection: str) -> None:
+    """The longest question preprocess lets through fills most of the context: the server's own
+    default max_tokens is lowered to fit, and every source is dropped — never the user's fault."""
+    r = stack.client.post("/v1/query", json={"question": long_question(stack), "collection": collection})
+    assert r.status_code == 200, r.text
+    ctx = r.json()["context"]
+    assert ctx["max_tokens"] < stack.cfg.generator.sampling.max_tokens
+    assert ctx["prompt_tokens"] + ctx["max_tokens"] <= stack.cfg.generator.max_model_len
+
+
+def test_the_users_own_over_long_input_is_a_400_naming_it(stack, collection: str) -> None:
+    r = stack.client.post("/v1/query", json={"question": long_question(stack), "collection": collection,
+                                             "max_tokens": 400})
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["param"] == "question"
-    assert "shorten" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "max_tokens" and "at most" in r.json()["error"]["message"]
+    history = [{"role": "user", "content": chinese_document(n)} for n in range(1, 4)]
+    r = stack.client.post("/v1/query", json={"question": QUESTION, "collection": collection, "history": history,
+                                             "condense": "last"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "history" and "shorten" in r.json()["error"]["message"]

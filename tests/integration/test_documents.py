@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 WORDS = ("pump valve seal gasket rotor bearing impeller housing flange coupling motor shaft sensor "

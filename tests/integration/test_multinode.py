@@ -34,8 +34,8 @@ from deployments.config import parse_app_config
 from deployments.localcluster import ClusterState, kill_raylet
 from deployments.search.lite import LiteServer
 
-from conftest import ROOT, _ingest, free_port
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CLIENTS = 4
@@ -102,14 +102,14 @@ def _replica_nodes(snap: dict) -> dict[str, list[str]]:
             for name, d in snap["deployments"].items()}
 
 
-def test_worker_node_loss_under_load(tmp_path: Path, questions: list[dict]) -> None:
+def test_worker_node_loss_under_load(tmp_path: Path, questions: list[dict], free_port, ingest_sample) -> None:
     pytest.importorskip("vllm", reason="integration tests need the cpu (or gpu) extra")
     milvus = LiteServer(tmp_path / "milvus", free_port()).start()
     config = _write_config(tmp_path / "serve.yaml", milvus.uri, free_port())
     run_dir = tmp_path / "cluster"
     state: ClusterState | None = None
     try:
-        _ingest(parse_app_config(yaml.safe_load(config.read_text())["applications"][0]["args"]))
+        ingest_sample(parse_app_config(yaml.safe_load(config.read_text())["applications"][0]["args"]))
         up = _cli(config, "up", "--run-dir", str(run_dir), "--worker", "cpu+generator:3", "--worker", "cpu:2",
                   timeout=480)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-4000:]

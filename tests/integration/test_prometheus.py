@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
 
 from deployments import scrape, stages
 from deployments.config import load_config
@@ -95,7 +94,7 @@ class Prometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def prometheus(stack: Any, tmp_path_factory: pytest.TempPathFactory, free_port) -> Iterator[Prometheus]:
     """Prometheus on a free loopback port, scraping the stack's Ray; stopped by its own pid."""
     if not PROMETHEUS.exists():
         pytest.skip(f"{PROMETHEUS} is absent (Debian/Ubuntu: apt-get install prometheus)")

@@ -20,13 +20,14 @@ import pytest
 from pydantic import ValidationError
 
 from deployments import autoscaling as A
+from deployments import stages
 from deployments.config import AutoscalingOptions, DeploymentOptions, load_config
 
 serve_policy = pytest.importorskip("ray.serve.autoscaling_policy", reason="ray[serve] not installed")
 from ray.serve.config import AutoscalingConfig, AutoscalingContext  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("ingress", "preprocess", "encoder", "search", "generator")
+STAGES = tuple(s.config_field for s in stages.DEPLOYMENTS if not s.optional)  # the shipped, always-on ones
 
 
 # --------------------------------------------------------------------------- pure functions

@@ -86,3 +86,18 @@ def test_mean_and_groups() -> None:
     assert groups["en"]["n"] == 2 and groups["zh"]["n"] == 1
     assert groups["en"]["mrr"] == pytest.approx(0.75) and groups["en"]["recall@1"] == 0.5
     assert groups["zh"] == {"n": 1, **{m: 0 for m in metrics.METRICS}}
+
+
+def test_paired_bootstrap_of_a_sure_and_an_unsure_difference() -> None:
+    from deployments.evaluation.metrics import paired_bootstrap
+
+    # Every question 0.1 better: every resample says so.
+    sure = paired_bootstrap([0.6] * 50, [0.5] * 50, rounds=500)
+    assert sure["diff"] == pytest.approx(0.1) and sure["low"] == pytest.approx(0.1)
+    assert sure["p_not_better"] == 0.0
+    # Better on half the questions by as much as it is worse on the other half: no difference.
+    unsure = paired_bootstrap([1.0, 0.0] * 25, [0.0, 1.0] * 25, rounds=500)
+    assert unsure["diff"] == pytest.approx(0.0) and unsure["low"] < 0 < unsure["high"]
+    assert 0.3 < unsure["p_not_better"] < 0.8
+    with pytest.raises(ValueError):
+        paired_bootstrap([1.0], [1.0, 2.0])

@@ -23,7 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.config import SearchConfig
-from deployments.protocol import Filter, epoch_seconds
+from deployments.protocol.types import Filter, epoch_seconds
 from deployments.search.filters import LIVE, compile_filter, like_prefix, quote
 from deployments.search.store import ChunkStore
 

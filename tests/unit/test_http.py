@@ -1,4 +1,4 @@
-"""Unit tests of ``deployments.http``: body parsing, the one error mapping, SSE and request ids.
+"""Unit tests of ``deployments.ingress.http``: body parsing, the one error mapping, SSE and request ids.
 
 Covers: ``validation_error`` messages and ``param`` (unknown field, wrong type, malformed JSON),
 ``as_ragserve_error`` for typed errors and Ray Serve's own exceptions (backpressure,
@@ -22,7 +22,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.requests import Request
 
 from deployments.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from deployments.http import (
+from deployments.ingress.http import (
     as_ragserve_error,
     error_response,
     read_json,
@@ -30,7 +30,7 @@ from deployments.http import (
     sse,
     validation_error,
 )
-from deployments.protocol import QueryRequest
+from deployments.protocol.api import QueryRequest
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 

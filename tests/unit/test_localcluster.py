@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from deployments import localcluster as lc
+from deployments import stages
 from deployments.config import parse_app_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,9 +83,9 @@ def test_placement_pins_every_stage_to_its_worker_type_and_validates() -> None:
     args["search"]["deployment"]["resources"]["resources"] = {"ssd": 1}
     placed = lc.placement_args(args)
     cfg = parse_app_config(placed)
-    for stage, node_type in lc.STAGE_NODE_TYPE.items():
-        custom = getattr(cfg, stage).deployment.resources.resources
-        assert custom[lc.NODE_TYPE_RESOURCES[node_type]] == 1
+    for stage in stages.DEPLOYMENTS:  # every deployment of the registry, rerank (`reranker`) included
+        custom = stage.config(cfg).deployment.resources.resources
+        assert custom[lc.NODE_TYPE_RESOURCES[stage.node_type]] == 1, stage.name
     assert cfg.search.deployment.resources.resources["ssd"] == 1  # the config's own resources stay
     assert "resources" not in args["encoder"]["deployment"]["resources"]  # the input is not modified
     assert lc.placement_args({})["generator"]["deployment"]["resources"]["resources"] == {

@@ -14,7 +14,8 @@ import pytest
 from deployments.config import PreprocessConfig
 from deployments.generator.prompt import cited_sources, format_sources, grounding, rag_messages, user_turn
 from deployments.preprocess.text import normalize, tokenize
-from deployments.protocol import ChatMessage, Hit
+from deployments.protocol.stages import Hit
+from deployments.protocol.types import ChatMessage
 
 CFG = PreprocessConfig()
 

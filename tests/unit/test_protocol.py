@@ -1,8 +1,8 @@
 """Unit tests of ``deployments.protocol``: public request models and stage messages.
 
-Covers: public requests forbid unknown fields and wrong types (strict, in both Python and
-JSON validation, as the ingress may use either), accept an int for float sampling fields,
-enforce sampling bounds; chat requests need messages and n=1; stage messages are frozen;
+Covers: public requests forbid unknown fields and wrong types (in both Python and JSON
+validation, as the ingress may use either), accept an int for float sampling fields,
+enforce sampling bounds; chat requests need messages and at most 4 choices; stage messages are frozen;
 documents (id pattern, sizes, ISO/epoch ``created_at``), document batches, collection names, and
 the typed ``filter`` of the retrieval requests (nested error locations).
 """
@@ -15,22 +15,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from deployments.protocol import (
-    COLLECTION_PATTERN,
-    DOC_ID_PATTERN,
-    ChatCompletionRequest,
-    CollectionRequest,
-    DocumentIn,
-    DocumentsRequest,
-    EmbeddingsRequest,
-    Filter,
-    GenerateRequest,
-    Hit,
-    PreparedQuery,
-    QueryRequest,
-    RetrieveRequest,
-    SamplingParams,
-)
+from deployments.protocol.api import CollectionRequest, DocumentIn, DocumentsRequest, GenerateRequest, QueryRequest, RetrieveRequest
+
+from deployments.protocol.openai import ChatCompletionRequest, EmbeddingsRequest
+
+from deployments.protocol.stages import Hit, PreparedQuery, SamplingParams
+
+from deployments.protocol.types import COLLECTION_PATTERN, DOC_ID_PATTERN, Filter
 
 MSGS = [{"role": "user", "content": "hi"}]
 #: A minimal valid body for each public request model.
@@ -88,8 +79,8 @@ def test_unknown_fields_are_rejected_by_name(model: type[BaseModel], how: str) -
         (GenerateRequest, "stop", "END"),
         (ChatCompletionRequest, "messages", "hi"),
         (EmbeddingsRequest, "input", 5),
-        (EmbeddingsRequest, "input", [1, 2]),
-        (EmbeddingsRequest, "encoding_format", "base64"),
+        (EmbeddingsRequest, "input", [1.5]),
+        (EmbeddingsRequest, "encoding_format", "binary"),
     ],
 )
 def test_wrong_types_are_rejected_by_name(model: type[BaseModel], field: str, value: Any, how: str) -> None:
@@ -123,18 +114,20 @@ def test_sampling_edges_are_accepted() -> None:
         QueryRequest(question="q", stop=["a"] * 9)
 
 
-def test_chat_needs_messages_and_one_choice(how: str) -> None:
+def test_chat_needs_messages_and_at_most_four_choices(how: str) -> None:
     with pytest.raises(ValidationError) as exc:
         _validate(ChatCompletionRequest, {"messages": []}, how)
     assert _loc(exc.value) == ("messages",)
+    assert _validate(ChatCompletionRequest, {"messages": MSGS, "n": 4}, how).n == 4
     with pytest.raises(ValidationError) as exc:
-        _validate(ChatCompletionRequest, {"messages": MSGS, "n": 2}, how)
+        _validate(ChatCompletionRequest, {"messages": MSGS, "n": 5}, how)
     assert _loc(exc.value) == ("n",)
 
 
-@pytest.mark.parametrize(
-    "message", [{"role": "tool", "content": "x"}, {"role": "user"}, {"role": "user", "content": ["x"]}]
-)
+@pytest.mark.parametrize("message", [
+    {"role": "robot", "content": "x"}, {"role": "user", "content": ["x"]},
+    {"role": "user", "content": [{"type": "video", "video": "x"}]}, {"role": "user", "content": "x", "colour": 1},
+])
 def test_chat_message_shape(message: dict, how: str) -> None:
     with pytest.raises(ValidationError) as exc:
         _validate(ChatCompletionRequest, {"messages": [message]}, how)
@@ -143,7 +136,7 @@ def test_chat_message_shape(message: dict, how: str) -> None:
 
 def test_defaults() -> None:
     req = ChatCompletionRequest.model_validate({"messages": MSGS})
-    assert (req.n, req.stream, req.retrieval, req.temperature) == (1, False, True, None)
+    assert (req.n, req.stream, req.retrieval, req.temperature) == (None, None, True, None)
     assert EmbeddingsRequest(input=["a", "b"]).input == ["a", "b"]
 
 

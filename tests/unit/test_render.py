@@ -43,10 +43,11 @@ def test_every_generated_file_of_the_checkout_is_current(capsys: pytest.CaptureF
     assert "up to date" in capsys.readouterr().out
 
 
-def test_targets_cover_monitoring_and_k8s() -> None:
+def test_targets_cover_monitoring_k8s_and_the_api_document() -> None:
     out = render_all(REPO)
     assert set(out) == {p for t in TARGETS for p in t(REPO)}
-    assert {p.split("/")[0] for p in out} == {"cluster", "k8s"}
+    assert {p.split("/")[0] for p in out} == {"cluster", "k8s", "docs"}
+    assert [p for p in out if p.startswith("docs/")] == ["docs/openapi.json"]
     assert {p for p in out if p.startswith("cluster/")} == set(monitoring.generate(REPO))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from deployments.config import AppConfig, RerankerConfig
-from deployments.protocol import Hit
+from deployments.protocol.stages import Hit
 from deployments.rerank.deployment import rerank
 
 

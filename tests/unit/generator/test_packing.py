@@ -8,7 +8,8 @@ import pytest
 
 from deployments.errors import InvalidRequestError
 from deployments.generator.packing import MIN_COMPLETION_TOKENS, pack_messages, pack_rag
-from deployments.protocol import ChatMessage, Hit, RagPrompt, SamplingParams
+from deployments.protocol.stages import Hit, RagPrompt, SamplingParams
+from deployments.protocol.types import ChatMessage
 
 
 class WordTokens:

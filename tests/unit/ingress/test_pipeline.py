@@ -1,4 +1,4 @@
-"""The ingress's generation deadlines, with a fake generator handle (error paths only).
+"""The pipeline's generation deadlines, with a fake generator handle (error paths only).
 
 A generator with no live replica (or a queue too long) must give a fast 503 before any response
 byte is sent, not hold the client until the generation deadline.
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from deployments.config import parse_app_config
 from deployments.errors import OverloadedError
-from deployments.ingress import Ingress
-from deployments.protocol import ChatMessage, GenerationChunk, GenerationRequest, PackedContext, SamplingParams
+from deployments.ingress.pipeline import Pipeline
+from deployments.protocol.stages import GenerationChunk, GenerationRequest, PackedContext, SamplingParams
+from deployments.protocol.types import ChatMessage
 
 REQ = GenerationRequest(messages=(ChatMessage(role="user", content="hi"),),
                         sampling=SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0), request_id="r1")
@@ -50,14 +50,9 @@ class FakeHandle:
         return self.stream
 
 
-def ingress(stream: FakeStream) -> SimpleNamespace:
-    """The Ingress methods under test bound to a plain object (no Serve wrapper instance)."""
-    cls = Ingress.func_or_class
-    cfg = parse_app_config({"generator": {"accept_timeout_s": 0.2}})
-    obj = SimpleNamespace(generator=FakeHandle(stream), cfg=cfg)
-    obj._generate = lambda req: cls._generate(obj, req)
-    obj._started = lambda req: cls._started(obj, req)
-    return obj
+def ingress(stream: FakeStream) -> Pipeline:
+    """A pipeline whose generator is the fake handle (the handle is injected, nothing patched)."""
+    return Pipeline({"generator": FakeHandle(stream)}, parse_app_config({"generator": {"accept_timeout_s": 0.2}}))
 
 
 async def drain(it) -> list[str]:
@@ -76,7 +71,7 @@ def test_no_first_chunk_is_a_fast_503_with_retry_after() -> None:
 
 def test_started_raises_before_a_streaming_response_begins() -> None:
     async def main() -> None:
-        await ingress(FakeStream([], hang=True))._started(REQ)
+        await ingress(FakeStream([], hang=True)).start(REQ)
 
     with pytest.raises(OverloadedError):
         asyncio.run(main())
@@ -88,7 +83,7 @@ def test_started_returns_the_admission_context_then_the_text() -> None:
               GenerationChunk(text="", finish_reason="stop")]
 
     async def main() -> tuple[PackedContext | None, list[str]]:
-        context, rest = await ingress(FakeStream(chunks))._started(REQ)
+        context, rest = await ingress(FakeStream(chunks)).start(REQ)
         return context, await drain(rest)
 
     assert asyncio.run(main()) == (ctx, ["a", "b", ""])
@@ -96,7 +91,7 @@ def test_started_returns_the_admission_context_then_the_text() -> None:
 
 def test_empty_stream_ends_cleanly() -> None:
     async def main() -> tuple[PackedContext | None, list[str]]:
-        context, rest = await ingress(FakeStream([]))._started(REQ)
+        context, rest = await ingress(FakeStream([])).start(REQ)
         return context, await drain(rest)
 
     assert asyncio.run(main()) == (None, [])

@@ -8,15 +8,17 @@ is the only place any of them becomes an HTTP status, always with the body
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments import metrics
@@ -93,20 +95,54 @@ def as_ragserve_error(exc: BaseException) -> RagServeError:
     return RagServeError(f"internal error ({type(exc).__name__})")
 
 
+def failure_message(exc: BaseException) -> str:
+    """What went wrong, for an operator (readiness): a typed error's message, else the cause's
+    own text (a stage's health check says why its engine is dead), cut to 300 characters."""
+    from ray.exceptions import RayTaskError
+
+    cause = exc.cause if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException) else exc
+    if isinstance(cause, RagServeError) or isinstance(as_ragserve_error(cause), (DependencyUnavailableError,
+                                                                                 DependencyTimeoutError)):
+        return as_ragserve_error(cause).message
+    return f"{type(cause).__name__}: {cause}"[:300]
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     """The HTTP response for an exception (the one place statuses are chosen). No request-id
     header here: Serve's proxy adds ``X-Request-Id`` to every response, errors included."""
     err = as_ragserve_error(exc)
     headers: dict[str, str] = {}
-    if isinstance(err, OverloadedError):
-        headers["retry-after"] = str(max(1, round(err.retry_after_s)))
+    retry_after = getattr(err, "retry_after_s", None)  # 429 and 503 that know when to come back
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 def sse(data: Any, event: str | None = None) -> str:
-    """One server-sent event; ``data`` is JSON-encoded unless it is already a string."""
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    """One server-sent event; ``data`` is a model, JSON-encodable data or an already encoded string."""
+    if isinstance(data, BaseModel):
+        payload = data.model_dump_json()
+    else:
+        payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
+
+
+def stream(events: AsyncIterator[str]) -> StreamingResponse:
+    """A server-sent event response. An error after the 200 was sent is reported in-band as an
+    ``error`` event (the one error shape), then the stream ends."""
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for e in events:
+                yield e
+        except Exception as exc:  # the 200 is already sent: report in-band, then end
+            yield sse_error(exc)
+
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+def request_id(request: Request) -> str:
+    """The request's id (set by :class:`IngressMiddleware`)."""
+    return request.scope.get("state", {}).get("request_id", "")
 
 
 def sse_error(exc: BaseException) -> str:
@@ -166,3 +202,11 @@ async def http_exception_handler(request: Request, exc: Exception) -> JSONRespon
     """FastAPI/Starlette-level errors (e.g. 404 route, 405 method) in the one error shape."""
     status = getattr(exc, "status_code", 500)
     return JSONResponse(error_body(str(getattr(exc, "detail", exc)), "invalid_request_error", status), status)
+
+
+async def request_validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A path or query parameter FastAPI could not validate: a 400 naming it, not FastAPI's 422."""
+    errors = getattr(exc, "errors", lambda: [])()
+    first = errors[0] if errors else {}
+    loc = ".".join(str(x) for x in first.get("loc", ())[1:])  # drop "path"/"query"
+    return error_response(InvalidRequestError(f"'{loc}': {first.get('msg', 'invalid')}", param=loc or None))

@@ -1,0 +1,224 @@
+"""Stage composition with deadlines: the one place the ingress talks to the stages.
+
+Every route goes through a :class:`Pipeline`: retrieval (preprocess and encoder in parallel,
+search, optional rerank), generation (admission, streaming, collection) and readiness. Each stage
+call runs under a deadline and every failure becomes a typed error here, so the routes only
+shape requests and responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments import stages
+from deployments.config import AppConfig
+from deployments.errors import DependencyTimeoutError, OverloadedError
+from deployments.generator import prompt
+from deployments.ingress import http
+from deployments.preprocess import text as analysis
+from deployments.protocol.api import RetrievalFields, SamplingFields, SearchQuery, StageReadiness
+from deployments.protocol.stages import (
+    Embeddings, GenerationChunk, GenerationRequest, Hit, PackedContext, PreparedQuery, RagPrompt, SamplingParams,
+    SearchRequest, SearchResult,
+)
+from deployments.protocol.types import ChatMessage
+
+READY_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Retrieval:
+    """What one retrieval produced."""
+
+    prepared: PreparedQuery
+    result: SearchResult
+    search_query: SearchQuery
+
+
+@dataclass
+class Collected:
+    """A whole generation: each choice's text, finish reason and log probabilities, and the usage."""
+
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    finish: dict[int, str | None] = field(default_factory=dict)
+    logprobs: dict[int, list[Any]] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def text(self, index: int = 0) -> str:
+        return "".join(self.texts.get(index, []))
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.texts.setdefault(chunk.index, []).append(chunk.text)
+        self.logprobs.setdefault(chunk.index, []).extend(chunk.logprobs)
+        if chunk.finish_reason is not None:
+            self.finish[chunk.index] = chunk.finish_reason
+        if chunk.done:
+            self.prompt_tokens, self.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
+
+
+class Pipeline:
+    """The stages behind the ingress, by registry name (``deployments.stages``).
+
+    Args:
+        handles: a DeploymentHandle per enabled stage.
+        cfg: the whole application config.
+        registry: the stage registry the app was built from (readiness checks its entries).
+    """
+
+    def __init__(self, handles: Mapping[str, Any], cfg: AppConfig,
+                 registry: tuple[stages.Stage, ...] = stages.STAGES) -> None:
+        self.handles = dict(handles)
+        self.cfg = cfg
+        self.registry = registry
+        self.timeout = cfg.ingress.request_timeout_s
+
+    # ------------------------------------------------------------------ calls
+    async def call(self, response: Any, stage: str) -> Any:
+        """Await a stage call under the ingress deadline (a timeout is a 504 naming the stage)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await response
+        except TimeoutError:
+            response.cancel()
+            raise DependencyTimeoutError(f"{stage} stage did not answer within {self.timeout}s") from None
+        except Exception as exc:  # Ray/Serve errors become typed errors here, once
+            raise http.as_ragserve_error(exc) from None
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        """Vectors of several texts (they join the encoder's batches) and the tokens read."""
+        return await self.call(self.handles["encoder"].embed.remote(texts), "encoder")
+
+    # ------------------------------------------------------------------ retrieval
+    async def retrieve(self, question: str, where: RetrievalFields,
+                       history: tuple[ChatMessage, ...] = ()) -> Retrieval:
+        """Retrieve for ``question``; after earlier turns (``history``), for the search query the
+        conversation makes of it (``deployments.ingress.conversation``)."""
+        from deployments.ingress import conversation
+
+        query = await conversation.search_query(self, question, history, where.condense)
+        prepared, result = await self._search(query.text, where)
+        return Retrieval(prepared, result, query)
+
+    async def _search(self, text: str, where: RetrievalFields) -> tuple[PreparedQuery, SearchResult]:
+        # Preprocess and encoder run concurrently: the encoder's input is the normalised question,
+        # which is cheap and deterministic, so the critical path saves a whole stage hop. Only
+        # questions within the length limit are sent ahead; preprocess still validates them all.
+        pcfg = self.cfg.preprocess
+        pre = self.handles["preprocess"].preprocess.remote(text)
+        enc = None
+        if len(text) <= pcfg.max_query_chars:
+            enc = self.handles["encoder"].encode.remote(analysis.normalize(text, pcfg.unicode_form))
+        try:
+            prepared = await self.call(pre, "preprocess")
+        except BaseException:
+            if enc is not None:
+                enc.cancel()
+            raise
+        vector = await self.call(enc or self.handles["encoder"].encode.remote(prepared.text), "encoder")
+        top_k = where.top_k or self.cfg.search.top_k
+        rerank = self.handles.get("rerank")
+        # With a reranker, search fetches more candidates and the reranker keeps the best top_k.
+        fetch = max(top_k, self.cfg.reranker.candidates) if rerank is not None else top_k
+        req = SearchRequest(query=prepared, vector=tuple(vector), top_k=fetch, mode=where.mode,
+                            collection=where.collection, filter=where.filter)
+        result = await self.call(self.handles["search"].search.remote(req), "search")
+        if rerank is not None and result.hits:
+            hits = await self.call(rerank.rerank.remote(prepared.text, result.hits, top_k), "rerank")
+            result = result.model_copy(update={"hits": hits})
+        return prepared, result
+
+    def grounding(self, answer: str, hits: tuple[Hit, ...]) -> list[int]:
+        """Sources the answer is lexically drawn from (``generator.prompt.grounding``)."""
+        pcfg = self.cfg.preprocess
+        return prompt.grounding(answer, hits, lambda t: analysis.tokenize(analysis.normalize(t), pcfg))
+
+    def rag_prompt(self, question: str, hits: tuple[Hit, ...], history: tuple[ChatMessage, ...] = ()) -> RagPrompt:
+        g = self.cfg.generator
+        return RagPrompt(system_prompt=g.system_prompt, question=question, hits=hits, history=history,
+                         passage_chars=g.passage_chars)
+
+    # ------------------------------------------------------------------ generation
+    def sampling(self, f: SamplingFields, **extra: Any) -> SamplingParams:
+        """Sampling parameters from a request's fields and the configured defaults."""
+        return self.sampling_of(f.max_tokens, f.temperature, f.top_p, tuple(f.stop or ()), f.seed, **extra)
+
+    def sampling_of(self, max_tokens: int | None, temperature: float | None, top_p: float | None,
+                    stop: tuple[str, ...], seed: int | None, param: str = "max_tokens", **extra: Any) -> SamplingParams:
+        """:meth:`sampling` from plain values (the OpenAI routes name their own limit field)."""
+        from deployments.errors import InvalidRequestError
+
+        d = self.cfg.generator.sampling
+        if max_tokens is not None and max_tokens > d.max_tokens_limit:
+            raise InvalidRequestError(f"{param} must be <= {d.max_tokens_limit}", param=param)
+        return SamplingParams(
+            max_tokens=max_tokens or d.max_tokens, max_tokens_is_default=max_tokens is None,
+            temperature=d.temperature if temperature is None else temperature,
+            top_p=d.top_p if top_p is None else top_p, stop=stop, seed=seed, **extra)
+
+    async def _generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Stream from the generator under two deadlines: its first chunk, sent when a replica
+        admits the request, within ``accept_timeout_s`` (else 503: no replica took it, or Serve's
+        queue is full), every later one within ``request_timeout_s`` (else 504; the generator
+        enforces its own first)."""
+        g = self.cfg.generator
+        stream = self.handles["generator"].options(stream=True).generate.remote(req)
+        first = True
+        while True:
+            deadline = g.accept_timeout_s if first else g.request_timeout_s + 5
+            try:
+                async with asyncio.timeout(deadline):
+                    chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                stream.cancel()
+                if first:
+                    raise OverloadedError(f"generator stage did not accept the generation within {deadline}s",
+                                          retry_after_s=deadline) from None
+                raise DependencyTimeoutError(f"generator stage did not answer within {deadline}s") from None
+            except Exception as exc:
+                raise http.as_ragserve_error(exc) from None
+            first = False
+            yield chunk
+
+    async def start(self, req: GenerationRequest) -> tuple[PackedContext | None, AsyncIterator[GenerationChunk]]:
+        """The packed context and the rest of the stream, once the generator admitted the request:
+        a generator that is down, overloaded or rejects the prompt is an HTTP error before a
+        streaming response's 200 is sent."""
+        chunks = self._generate(req)
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            first = GenerationChunk()
+        return first.context, chunks
+
+    @staticmethod
+    async def collect(chunks: AsyncIterator[GenerationChunk]) -> Collected:
+        """The whole generation, for a non-streamed response."""
+        out = Collected()
+        async for chunk in chunks:
+            out.add(chunk)
+        return out
+
+    # ------------------------------------------------------------------ readiness
+    async def readiness(self) -> dict[str, StageReadiness]:
+        """Each deployed stage's readiness call (``Stage.ready_call``), all at once, each within
+        5 s; never raises: a failure is reported with its message."""
+        async def check(spec: stages.Stage) -> StageReadiness:
+            method = getattr(self.handles[spec.name], spec.ready_call)
+            resp = method.remote(*(() if spec.ready_arg is None else (spec.ready_arg,)))
+            try:
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    result = await resp
+                return StageReadiness(ok=True, **(result if isinstance(result, dict) else {}))
+            except Exception as exc:  # readiness reports every failure, it does not raise
+                resp.cancel()
+                return StageReadiness(ok=False, error=http.failure_message(exc))
+
+        # An optional stage that is off has no handle; the ingress answers this check itself.
+        checked = [s for s in self.registry if s.ready_call and s.name in self.handles]
+        return dict(zip([s.name for s in checked], await asyncio.gather(*(check(s) for s in checked)), strict=True))

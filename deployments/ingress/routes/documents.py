@@ -1,0 +1,88 @@
+"""Writes: ``/v1/documents`` (upsert, delete) and ``/v1/collections`` (list, create, drop)."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from deployments.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from deployments.ingest import online
+from deployments.ingress import http
+from deployments.ingress.openapi import operation
+from deployments.ingress.pipeline import Pipeline
+from deployments.protocol.api import (
+    CollectionCreated, CollectionDropped, CollectionInfo, CollectionRequest, CollectionsResponse, DocumentDeleted,
+    DocumentsRequest, DocumentsResponse,
+)
+from deployments.protocol.types import COLLECTION_PATTERN, DOC_ID_PATTERN
+
+
+def path_param(value: str, pattern: str, name: str) -> str:
+    """A path or query parameter checked against its pattern (400 naming it otherwise)."""
+    if not re.fullmatch(pattern, value):
+        raise InvalidRequestError(f"invalid {name} {value[:80]!r} (must match {pattern})", param=name)
+    return value
+
+
+def router(p: Pipeline) -> APIRouter:
+    r = APIRouter(tags=["documents"])
+    max_body = p.cfg.ingress.max_body_bytes
+    default = p.cfg.search.milvus.collection
+    search = p.handles["search"]
+
+    @r.post("/v1/documents", **operation(
+        body=DocumentsRequest, response=DocumentsResponse, errors=(400, 404, 409, 413),
+        examples={"one document": {"documents": [{"id": "faq-1", "title": "Returns", "tags": ["faq"],
+                                                  "text": "Items can be returned within 30 days."}]}}))
+    async def upsert_documents(request: Request) -> DocumentsResponse:
+        """Upsert documents: chunked by the encoder's tokenizer, analysed by preprocess, embedded
+        by the encoder and written by search, each document replaced whole."""
+        body = await http.read_json(request, DocumentsRequest, max_body)
+        limit = p.cfg.ingest.max_documents_per_request
+        if len(body.documents) > limit:
+            raise PayloadTooLargeError(f"at most {limit} documents per request", param="documents")
+        if len({d.id for d in body.documents}) != len(body.documents):
+            raise InvalidRequestError("document ids must be unique within a request", param="documents")
+        collection = body.collection or default
+        results = await online.DocumentWriter(p).upsert(collection, body.documents)
+        return DocumentsResponse(collection=collection, results=results)
+
+    @r.delete("/v1/documents/{doc_id}", **operation(response=DocumentDeleted, errors=(400, 404)))
+    async def delete_document(doc_id: str, collection: str | None = None) -> DocumentDeleted:
+        """Delete every chunk of a document (404 when it has none)."""
+        path_param(doc_id, DOC_ID_PATTERN, "doc_id")
+        name = path_param(collection, COLLECTION_PATTERN, "collection") if collection else default
+        n = await p.call(search.delete_document.remote(name, doc_id), "search")
+        if not n:
+            raise NotFoundError(f"document '{doc_id}' is not in collection '{name}'", param="doc_id")
+        return DocumentDeleted(id=doc_id, collection=name, deleted_chunks=n)
+
+    @r.get("/v1/collections", **operation(response=CollectionsResponse))
+    async def list_collections() -> CollectionsResponse:
+        """The ragserve collections with their row counts."""
+        found = await p.call(search.collections.remote(), "search")
+        return CollectionsResponse(collections=[CollectionInfo(**c) for c in found], default=default)
+
+    created = operation(body=CollectionRequest, response=CollectionCreated, status=201, errors=(400, 409, 413))
+    created["responses"][200] = {"model": CollectionCreated, "description": "It already existed."}
+
+    @r.post("/v1/collections", **created)
+    async def create_collection(request: Request) -> JSONResponse:
+        """Create a collection (201), or confirm it exists (200)."""
+        body = await http.read_json(request, CollectionRequest, max_body)
+        dim = (await p.call(p.handles["encoder"].info.remote(), "encoder"))["dim"]
+        created = await p.call(search.create_collection.remote(body.name, dim), "search")
+        out = CollectionCreated(name=body.name, created=created)
+        return JSONResponse(out.model_dump(), status_code=201 if created else 200)
+
+    @r.delete("/v1/collections/{name}", **operation(response=CollectionDropped, errors=(400, 404)))
+    async def drop_collection(name: str) -> CollectionDropped:
+        """Drop a collection and everything in it (404 when missing)."""
+        path_param(name, COLLECTION_PATTERN, "name")
+        if not await p.call(search.drop_collection.remote(name), "search"):
+            raise NotFoundError(f"collection '{name}' does not exist", param="name")
+        return CollectionDropped(name=name, dropped=True)
+
+    return r

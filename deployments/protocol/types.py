@@ -1,0 +1,98 @@
+"""Types shared by the stage messages and the public API: ids, filters, chat messages.
+
+Request models forbid unknown fields (a typo is a 400 naming the field) and are strict ("5" is
+not an int); stage messages are frozen, since they cross Ray process boundaries.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+#: Document ids: safe in a URL path and in a Milvus string literal, at most 128 characters.
+DOC_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+#: Collection names as Milvus allows them.
+COLLECTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+DocId = Annotated[str, StringConstraints(pattern=DOC_ID_PATTERN)]
+CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MAX_TAGS = 32
+
+
+def epoch_seconds(value: int | str | None) -> int:
+    """An ISO 8601 date/datetime (UTC when no zone is given) or epoch seconds, as epoch seconds."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        if not -(2**62) < value < 2**62:  # Milvus stores INT64
+            raise ValueError(f"timestamp {value} is out of range")
+        return value
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            dt = datetime.combine(date.fromisoformat(value), datetime.min.time())
+        else:
+            dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date or datetime: {value!r}") from None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
+
+
+class Message(BaseModel):
+    """Base of the stage messages: frozen, no unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Request(BaseModel):
+    """Base of the public request bodies."""
+
+    # strict: "5" is not an int and 1 is not a string, so wrong types are 400s, not guesses.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def int_is_float(v: object) -> object:
+    """JSON has one number type: accept 1 for 1.0 in a float field even in strict mode."""
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class Filter(BaseModel):
+    """Metadata filter of a retrieval request: every given condition must hold.
+
+    A typed structure, never an expression: the search stage compiles it into a Milvus
+    expression with every value quoted (``deployments.search.filters``), so request text can
+    never become expression syntax.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    doc_ids: tuple[DocId, ...] | None = Field(None, min_length=1, max_length=256, description="Only these documents.")
+    sources: tuple[Annotated[str, StringConstraints(min_length=1, max_length=2048)], ...] | None = Field(
+        None, min_length=1, max_length=256, description="Only documents with exactly these sources.")
+    source_prefix: str | None = Field(None, min_length=1, max_length=2048, description="Sources starting with this.")
+    tags_any: tuple[Tag, ...] | None = Field(None, min_length=1, max_length=MAX_TAGS, description="At least one tag.")
+    tags_all: tuple[Tag, ...] | None = Field(None, min_length=1, max_length=MAX_TAGS, description="Every tag.")
+    created_after: int | str | None = Field(None, description="created_at >= this (ISO 8601 or epoch seconds).")
+    created_before: int | str | None = Field(None, description="created_at < this.")
+    updated_after: int | str | None = Field(None, description="Ingested (this version) at or after this.")
+    updated_before: int | str | None = Field(None, description="Ingested before this.")
+
+    @field_validator("created_after", "created_before", "updated_after", "updated_before")
+    @classmethod
+    def _time(cls, v: int | str | None) -> int | None:
+        return None if v is None else epoch_seconds(v)
+
+    @field_validator("doc_ids", "sources", "tags_any", "tags_all", mode="before")
+    @classmethod
+    def _list(cls, v: object) -> object:
+        return tuple(v) if isinstance(v, list) else v  # JSON arrays arrive as lists
+
+
+class ChatMessage(BaseModel):
+    """A chat turn with text content: what the generator's chat template takes (the OpenAI
+    surface turns its richer messages into these)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
