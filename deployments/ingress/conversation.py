@@ -6,7 +6,8 @@ earlier turns, the text searched is built from the conversation, by ``conversati
 
 * ``rewrite``: the generator writes the follow-up as a standalone question (a condense prompt
   with two short examples; greedy, ``rewrite_max_tokens``). A rewrite that is empty, runs on,
-  or does not arrive within ``rewrite_timeout_s`` falls back to ``join``;
+  is not drawn from the conversation (mostly words said in it), or does not arrive within
+  ``rewrite_timeout_s`` falls back to ``join``;
 * ``join``: the last ``join_turns`` user turns joined with the question — deterministic and
   free, and it carries the entities a follow-up leaves out;
 * ``last``: the question alone.
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from deployments.errors import RagServeError
+from deployments.preprocess import text as analysis
 from deployments.protocol.api import Condense, SearchQuery
 from deployments.protocol.stages import GenerationRequest, SamplingParams
 from deployments.protocol.types import ChatMessage
@@ -65,14 +67,28 @@ def condense_messages(question: str, history: Sequence[ChatMessage], turns: int)
             ChatMessage(role="user", content=dialogue(recent, question)))
 
 
-def accept_rewrite(text: str, max_chars: int) -> str | None:
-    """The rewrite's first line when usable, else None (the caller falls back to ``join``)."""
+#: Share of a rewrite's content words that must come from the conversation: a small model
+#: sometimes answers with one of the prompt's examples instead ("the 2021 safety policy").
+MIN_GROUNDED_SHARE = 0.6
+
+
+def accept_rewrite(text: str, max_chars: int, conversation_tokens: set[str] | None = None,
+                   tokenize: Callable[[str], list[str]] | None = None) -> str | None:
+    """The rewrite's first line when usable, else None (the caller falls back to ``join``).
+
+    Usable: not empty, at most ``max_chars``, and (given ``tokenize``) drawn from the
+    conversation: at least :data:`MIN_GROUNDED_SHARE` of its content words occur in it.
+    """
     line = text.strip().split("\n", 1)[0].strip()
     if line.lower().startswith("standalone question:"):
         line = line.split(":", 1)[1]
     line = line.strip().strip('"').strip()
     if not line or len(line) > max_chars:
         return None
+    if tokenize is not None and conversation_tokens is not None:
+        words = set(tokenize(line))
+        if words and len(words & conversation_tokens) / len(words) < MIN_GROUNDED_SHARE:
+            return None
     return line
 
 
@@ -103,4 +119,10 @@ async def _rewrite(pipeline: "Pipeline", question: str, history: tuple[ChatMessa
     except (TimeoutError, RagServeError):
         # An overloaded or slow generator must not fail the question: the join fallback serves it.
         return None
-    return accept_rewrite(out.text(), c.rewrite_max_chars)
+    pcfg = pipeline.cfg.preprocess
+
+    def tokenize(t: str) -> list[str]:
+        return analysis.tokenize(analysis.normalize(t, pcfg.unicode_form), pcfg)
+
+    said = " ".join([question, *(m.content for m in history if m.role in ("user", "assistant"))])
+    return accept_rewrite(out.text(), c.rewrite_max_chars, set(tokenize(said)), tokenize)

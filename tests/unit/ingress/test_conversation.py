@@ -79,7 +79,7 @@ def test_rewrite_is_used_when_usable() -> None:
     assert gen.requests[0].sampling.temperature == 0.0
 
 
-@pytest.mark.parametrize("text", ["", "   ", "x" * 500])
+@pytest.mark.parametrize("text", ["", "   ", "x" * 500, "What is the 2021 safety policy?"])
 def test_an_unusable_rewrite_falls_back_to_join(text: str) -> None:
     q = ask(pipeline(Generator(text)), "And on the HX-430?")
     assert q.mode == "join" and q.text.endswith("And on the HX-430?") and "HX-420" in q.text
