@@ -73,17 +73,19 @@ MIN_GROUNDED_SHARE = 0.6
 
 
 def accept_rewrite(text: str, max_chars: int, conversation_tokens: set[str] | None = None,
-                   tokenize: Callable[[str], list[str]] | None = None) -> str | None:
+                   tokenize: Callable[[str], list[str]] | None = None, question: str = "") -> str | None:
     """The rewrite's first line when usable, else None (the caller falls back to ``join``).
 
-    Usable: not empty, at most ``max_chars``, and (given ``tokenize``) drawn from the
-    conversation: at least :data:`MIN_GROUNDED_SHARE` of its content words occur in it.
+    Usable: not empty, at most ``max_chars``, not the ``question`` repeated unchanged (a
+    follow-up needs what it refers to, which ``join`` still adds), and (given ``tokenize``)
+    drawn from the conversation: at least :data:`MIN_GROUNDED_SHARE` of its content words
+    occur in it.
     """
     line = text.strip().split("\n", 1)[0].strip()
     if line.lower().startswith("standalone question:"):
         line = line.split(":", 1)[1]
     line = line.strip().strip('"').strip()
-    if not line or len(line) > max_chars:
+    if not line or len(line) > max_chars or line.casefold() == question.strip().casefold():
         return None
     if tokenize is not None and conversation_tokens is not None:
         words = set(tokenize(line))
@@ -125,4 +127,4 @@ async def _rewrite(pipeline: "Pipeline", question: str, history: tuple[ChatMessa
         return analysis.tokenize(analysis.normalize(t, pcfg.unicode_form), pcfg)
 
     said = " ".join([question, *(m.content for m in history if m.role in ("user", "assistant"))])
-    return accept_rewrite(out.text(), c.rewrite_max_chars, set(tokenize(said)), tokenize)
+    return accept_rewrite(out.text(), c.rewrite_max_chars, set(tokenize(said)), tokenize, question)

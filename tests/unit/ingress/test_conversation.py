@@ -100,3 +100,9 @@ def test_the_request_and_the_config_choose_the_mode() -> None:
 def test_accept_rewrite_takes_the_first_line_without_a_label() -> None:
     assert conversation.accept_rewrite('Standalone question: "Why?"\nmore', 100) == "Why?"
     assert conversation.accept_rewrite("\n", 100) is None
+
+
+def test_a_rewrite_that_repeats_the_follow_up_is_refused() -> None:
+    """The model echoing "How is it cleared?" back would search the bare follow-up."""
+    assert conversation.accept_rewrite("How is it cleared?", 100, question="how is it cleared? ") is None
+    assert conversation.accept_rewrite("How is E-4471 cleared?", 100, question="How is it cleared?")
