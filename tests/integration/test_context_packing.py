@@ -8,6 +8,7 @@ that fit and says which went in; only the caller's own over-long input is reject
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -48,11 +49,16 @@ def collection(stack) -> str:
     stack.client.delete(f"/v1/collections/{COLL}")
 
 
-def unpacked_prompt_tokens(stack, question: str, sources: list[dict]) -> int:
-    """Tokens the prompt would have with every retrieved passage (the engine's own tokenizer)."""
+@functools.cache
+def tokenizer(model: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(models.resolve(stack.cfg.generator.model))
+    return AutoTokenizer.from_pretrained(models.resolve(model))
+
+
+def unpacked_prompt_tokens(stack, question: str, sources: list[dict]) -> int:
+    """Tokens the prompt would have with every retrieved passage (the engine's own tokenizer)."""
+    tok = tokenizer(stack.cfg.generator.model)
     g = stack.cfg.generator
     hits = [Hit(**{k: v for k, v in s.items() if k != "n"}) for s in sources]
     msgs = prompt.rag_messages(g.system_prompt, question, hits, g.passage_chars)
@@ -96,25 +102,42 @@ def test_streamed_answer_says_which_sources_went_in(stack, collection: str) -> N
     assert events[-1][0] == "done"
 
 
-def long_question(stack) -> str:
-    return ("请详细说明" + chinese_document(1) * 2)[: stack.cfg.preprocess.max_query_chars]
+def long_question(stack, room: int) -> str:
+    """The longest prefix of a long Chinese text whose bare prompt (no passages) leaves ``room``
+    tokens of the context, measured with the engine's own tokenizer: how many tokens a Chinese
+    character costs is the tokenizer's business, not this test's."""
+    text = "请详细说明" + chinese_document(1) * 2
+    target = stack.cfg.generator.max_model_len - room
+    lo, hi = 1, min(len(text), stack.cfg.preprocess.max_query_chars)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if unpacked_prompt_tokens(stack, text[:mid], []) <= target else (lo, mid - 1)
+    return text[:lo]
 
 
 def test_a_long_question_gets_a_lowered_default_max_tokens_not_a_400(stack, collection: str) -> None:
-    """The longest question preprocess lets through fills most of the context: the server's own
-    default max_tokens is lowered to fit, and every source is dropped — never the user's fault."""
-    r = stack.client.post("/v1/query", json={"question": long_question(stack), "collection": collection})
+    """A question that fills most of the context: the server's own default max_tokens is lowered
+    to fit, and every source is dropped — never the user's fault."""
+    question = long_question(stack, room=64)
+    r = stack.client.post("/v1/query", json={"question": question, "collection": collection})
     assert r.status_code == 200, r.text
     ctx = r.json()["context"]
-    assert ctx["max_tokens"] < stack.cfg.generator.sampling.max_tokens
+    assert 0 < ctx["max_tokens"] < stack.cfg.generator.sampling.max_tokens
     assert ctx["prompt_tokens"] + ctx["max_tokens"] <= stack.cfg.generator.max_model_len
+    assert ctx["sources"] == [] and ctx["dropped"]
 
 
 def test_the_users_own_over_long_input_is_a_400_naming_it(stack, collection: str) -> None:
-    r = stack.client.post("/v1/query", json={"question": long_question(stack), "collection": collection,
-                                             "max_tokens": 400})
+    question = long_question(stack, room=64)
+    r = stack.client.post("/v1/query", json={"question": question, "collection": collection, "max_tokens": 400})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "max_tokens" and "at most" in r.json()["error"]["message"]
+    # A question that preprocess accepts but that alone overflows the model's context names itself.
+    too_long = ("请详细说明" + chinese_document(1) * 2)[: stack.cfg.preprocess.max_query_chars]
+    assert unpacked_prompt_tokens(stack, too_long, []) >= stack.cfg.generator.max_model_len
+    r = stack.client.post("/v1/query", json={"question": too_long, "collection": collection})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "question" and "shorten" in r.json()["error"]["message"]
     history = [{"role": "user", "content": chinese_document(n)} for n in range(1, 4)]
     r = stack.client.post("/v1/query", json={"question": QUESTION, "collection": collection, "history": history,
                                              "condense": "last"})
