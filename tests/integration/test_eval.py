@@ -63,7 +63,7 @@ def test_report_shape_and_every_metric_in_range(report, evalset, tmp_path) -> No
         assert all(0.0 <= v <= 1.0 for s in q["scores"].values() for v in s.values()), q
 
 
-def test_scores_match_a_hand_computation_from_the_ranking(report, evalset) -> None:
+def test_scores_match_a_hand_computation_from_the_ranking(report, evalset, tmp_path) -> None:
     """Recomputed here without the metrics module: the first relevant document at rank r gives
     recall@1 = [r == 1], MRR = 1/r and, with one relevant id, nDCG@10 = 1/log2(r + 1)."""
     import math
