@@ -5,19 +5,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from deployments.evaluation import dataset, runner
+from deployments.evaluation import conversational, dataset, runner
 
 
-def _modes(value: str) -> list[str]:
-    modes = [m.strip() for m in value.split(",") if m.strip()]
-    bad = [m for m in modes if m not in runner.MODES]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(f"modes are {', '.join(runner.MODES)}; got {value!r}")
-    return modes
+def _choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type for a comma-separated, non-empty list of ``allowed`` names."""
+    def parse(value: str) -> list[str]:
+        names = [m.strip() for m in value.split(",") if m.strip()]
+        if not names or any(m not in allowed for m in names):
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}; got {value!r}")
+        return names
+    return parse
+
+
+def _flat(groups: list[list[str]]) -> tuple[str, ...]:
+    """``--modes a,b c`` -> (a, b, c), first occurrence kept."""
+    return tuple(dict.fromkeys(m for group in groups for m in group))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "stop it after")
     s.add_argument("--collection", default="eval",
                    help="collection the passages are loaded into (created if absent)")
-    s.add_argument("--data", type=Path, help="directory with passages.*.jsonl and questions.*.jsonl "
-                   "(default: the bundled set)")
-    s.add_argument("--modes", type=_modes, nargs="+", default=[list(runner.MODES)],
+    s.add_argument("--data", type=Path, help="directory with passages.*.jsonl, questions.*.jsonl and "
+                   "optionally conversations.*.jsonl (default: the bundled set)")
+    s.add_argument("--modes", type=_choices(runner.MODES), nargs="+", default=[list(runner.MODES)],
                    help="retrieval modes to score, space- or comma-separated (default: all three)")
+    s.add_argument("--condense", type=_choices(conversational.ROWS), nargs="+",
+                   default=[list(conversational.ROWS)],
+                   help="how the follow-up turn of each conversation is searched: the server's condense modes "
+                   "last, join, rewrite, and reference (the set's hand-written standalone question); space- or "
+                   "comma-separated (default: all four)")
+    s.add_argument("--no-conversations", action="store_true",
+                   help="skip the conversations (and do not read conversations.*.jsonl)")
     s.add_argument("--generate", type=int, default=20, metavar="N",
                    help="questions for the grounding check via /v1/query; 0 skips it")
     s.add_argument("--max-tokens", type=int, default=64, help="tokens per generated answer")
@@ -41,19 +56,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Validate the set, run it, print the table and write the JSON.
+    """Validate the set, run it (questions, then conversations), print the tables and write the JSON.
 
     Exit status: 0 done, 1 a request failed (or the server was unreachable), 2 invalid set.
     """
     try:
-        evalset = dataset.load(args.data)
+        evalset = dataset.load(args.data, conversations=not args.no_conversations)
     except dataset.DatasetError as e:
         print(f"ragserve eval: {e}", file=sys.stderr)
         return 2
-    modes = tuple(dict.fromkeys(m for group in args.modes for m in group))
-    opts = runner.EvalOptions(collection=args.collection, modes=modes, top_k=args.top_k,
+    condense = () if args.no_conversations else _flat(args.condense)
+    if condense and not evalset.conversations:
+        print(f"note: no conversations.*.jsonl in {evalset.directory}: no conversations scored", file=sys.stderr)
+    opts = runner.EvalOptions(collection=args.collection, modes=_flat(args.modes), top_k=args.top_k,
                               generate=args.generate, max_tokens=args.max_tokens,
-                              concurrency=args.concurrency)
+                              concurrency=args.concurrency, condense=condense)
     try:
         if args.url:
             report = runner.run_sync(args.url, evalset, opts)

@@ -1,10 +1,13 @@
-"""The labelled evaluation set: passages and questions in JSON Lines, loaded and validated.
+"""The labelled evaluation set: passages, questions and conversations in JSON Lines, loaded and
+validated.
 
 A set is a directory holding ``passages.*.jsonl`` and ``questions.*.jsonl`` (one file per
-language, e.g. ``passages.en.jsonl``). Each passage becomes one document (its ``id`` is the
-document id); each question names the passage ids that answer it and a short answer string
-that occurs in one of them. Every problem is reported as ``file:line: message``, all of them at
-once, so a hand-written set can be fixed in one pass.
+language, e.g. ``passages.en.jsonl``), and optionally ``conversations.*.jsonl``. Each passage
+becomes one document (its ``id`` is the document id); each question names the passage ids that
+answer it and a short answer string that occurs in one of them; each conversation is a chat whose
+last user turn (the follow-up) depends on the earlier turns, with the passage ids that answer that
+follow-up. Every problem is reported as ``file:line: message``, all of them at once, so a
+hand-written set can be fixed in one pass.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
 from pathlib import Path
@@ -81,6 +84,42 @@ class Question(_Record):
     answer: str = Field(min_length=1, description="Short fact string occurring in a relevant passage.")
 
 
+class Turn(_Record):
+    """One message of a conversation."""
+
+    role: Literal["user", "assistant"] = Field(description="Who wrote it.")
+    content: str = Field(min_length=1, description="The message text.")
+
+
+#: How a follow-up depends on the conversation before it (``self_contained``: it does not; the
+#: control group, where every way of building the search query should do equally well).
+ConversationType = Literal["ellipsis", "coreference", "topic_shift_with_reference", "answer_reference",
+                           "self_contained"]
+
+
+class Conversation(_Record):
+    """A labelled conversation: the last turn is the user's follow-up that is scored."""
+
+    id: str = Field(min_length=1, description="Conversation id, unique across the set.")
+    lang: str = Field(min_length=1, description="Language code, e.g. en or zh.")
+    type: ConversationType = Field(description="How the follow-up depends on the earlier turns.")
+    turns: list[Turn] = Field(min_length=1, description="The turns, oldest first; user and assistant "
+                              "alternate and the last is the user's follow-up.")
+    relevant: list[str] = Field(min_length=1, description="Ids of the passages that answer the follow-up.")
+    standalone: str = Field(min_length=1, description="The follow-up rewritten by hand as a question that "
+                            "needs no context: what a perfect rewrite would search.")
+
+    @property
+    def question(self) -> str:
+        """The follow-up (the last user turn)."""
+        return self.turns[-1].content
+
+    @property
+    def history(self) -> list[Turn]:
+        """The turns before the follow-up, oldest first."""
+        return self.turns[:-1]
+
+
 @dataclass(frozen=True)
 class EvalSet:
     """A validated evaluation set."""
@@ -88,6 +127,7 @@ class EvalSet:
     directory: Path
     passages: list[Passage]
     questions: list[Question]
+    conversations: list[Conversation] = field(default_factory=list)
 
 
 def fold(text: str) -> str:
@@ -145,15 +185,23 @@ def _unique(records: list[tuple[str, Any]], kind: str, problems: list[str]) -> d
     return out
 
 
+def _check_relevant(where: str, kind: str, rec: Question | Conversation, passages: dict[str, Passage],
+                    problems: list[str]) -> bool:
+    """Relevant ids exist and do not repeat; False (reported) when some are missing."""
+    missing = [pid for pid in rec.relevant if pid not in passages]
+    if missing:
+        problems.append(f"{where}: {kind} {rec.id!r}: relevant ids not among the passages: {missing}")
+        return False
+    if len(set(rec.relevant)) != len(rec.relevant):
+        problems.append(f"{where}: {kind} {rec.id!r}: relevant ids repeat: {rec.relevant}")
+    return True
+
+
 def _check_questions(questions: list[tuple[str, Question]], passages: dict[str, Passage],
                      problems: list[str]) -> None:
     for where, q in questions:
-        missing = [pid for pid in q.relevant if pid not in passages]
-        if missing:
-            problems.append(f"{where}: question {q.id!r}: relevant ids not among the passages: {missing}")
+        if not _check_relevant(where, "question", q, passages, problems):
             continue
-        if len(set(q.relevant)) != len(q.relevant):
-            problems.append(f"{where}: question {q.id!r}: relevant ids repeat: {q.relevant}")
         # The grounding check looks for this string in the model's answer: it must be a fact the
         # relevant text states, or a correct answer would count as wrong.
         if not any(fold(q.answer) in fold(passages[pid].text) for pid in q.relevant):
@@ -161,13 +209,41 @@ def _check_questions(questions: list[tuple[str, Question]], passages: dict[str, 
                             f"relevant passages {q.relevant}")
 
 
-def load(directory: Path | str | None = None) -> EvalSet:
+def _check_conversations(conversations: list[tuple[str, Conversation]], passages: dict[str, Passage],
+                         problems: list[str]) -> None:
+    for where, c in conversations:
+        head = f"{where}: conversation {c.id!r}"
+        roles = [t.role for t in c.turns]
+        if len(roles) < 2:
+            problems.append(f"{head}: needs at least one earlier turn before the follow-up")
+        if roles[-1] != "user":
+            problems.append(f"{head}: the last turn must be the user's follow-up, not {roles[-1]!r}")
+        repeats = [i for i in range(1, len(roles)) if roles[i] == roles[i - 1]]
+        if repeats:
+            problems.append(f"{head}: roles must alternate; turn {repeats[0] + 1} is a second "
+                            f"{roles[repeats[0]]!r} turn in a row")
+        # A control's follow-up already stands alone, so its rewrite is itself; any other follow-up
+        # needs the conversation, so the two differ (or its type is wrong).
+        if c.type == "self_contained" and c.standalone != c.question:
+            problems.append(f"{head}: a self_contained follow-up is its own standalone question")
+        if c.type != "self_contained" and c.standalone == c.question:
+            problems.append(f"{head}: the follow-up equals its standalone question: type it self_contained")
+        if not _check_relevant(where, "conversation", c, passages, problems):
+            continue
+        other = sorted({pid for pid in c.relevant if passages[pid].lang != c.lang})
+        if other:
+            problems.append(f"{head}: relevant passages in another language than {c.lang!r}: {other}")
+
+
+def load(directory: Path | str | None = None, conversations: bool = True) -> EvalSet:
     """Load and validate every ``passages.*.jsonl`` and ``questions.*.jsonl`` under ``directory``
-    (default: the bundled set), in file-name order.
+    (default: the bundled set), in file-name order, and ``conversations.*.jsonl`` if there are any
+    (and ``conversations`` is true).
 
     Raises:
-        DatasetError: no files, bad JSON, invalid or unknown fields, duplicate ids, relevant ids
-            that are not passages, answers absent from their passages — every problem at once.
+        DatasetError: no passage or question files, bad JSON, invalid or unknown fields, duplicate
+            ids, relevant ids that are not passages, answers absent from their passages,
+            conversations whose turns do not alternate or end with a user turn — every problem at once.
     """
     root = Path(directory) if directory is not None else default_dir()
     passage_files = sorted(root.glob("passages.*.jsonl"))
@@ -176,11 +252,15 @@ def load(directory: Path | str | None = None) -> EvalSet:
                 (("passages.*.jsonl", passage_files), ("questions.*.jsonl", question_files)) if not files]
     if problems:
         raise DatasetError(problems)
+    conversation_files = sorted(root.glob("conversations.*.jsonl")) if conversations else []
     p_records = [r for f in passage_files for r in _parse(f, Passage, problems)]
     q_records = [r for f in question_files for r in _parse(f, Question, problems)]
+    c_records = [r for f in conversation_files for r in _parse(f, Conversation, problems)]
     passages = _unique(p_records, "passage", problems)
     questions = _unique(q_records, "question", problems)
+    convs = _unique(c_records, "conversation", problems)
     _check_questions([(w, q) for w, q in q_records if questions.get(q.id) is q], passages, problems)
+    _check_conversations([(w, c) for w, c in c_records if convs.get(c.id) is c], passages, problems)
     if problems:
         raise DatasetError(problems)
-    return EvalSet(root, list(passages.values()), list(questions.values()))
+    return EvalSet(root, list(passages.values()), list(questions.values()), list(convs.values()))

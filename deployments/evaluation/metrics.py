@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 #: The per-question scores, in table order.
 METRICS: tuple[str, ...] = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
+#: Column headers of the scores in printed tables.
+LABELS: dict[str, str] = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "mrr": "MRR",
+                          "ndcg@10": "nDCG@10"}
 
 T = TypeVar("T")
 
@@ -112,3 +115,14 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], rounds: int = 2000,
     tail = (1 - confidence) / 2
     return {"diff": sum(diffs) / n, "low": means[int(tail * rounds)], "high": means[min(rounds - 1, int((1 - tail) * rounds))],
             "p_not_better": sum(m <= 0 for m in means) / rounds}
+
+
+def summarize(records: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]:
+    """Means of ``record["scores"][mode]`` overall, per ``record["lang"]`` and per
+    ``record["type"]``: the aggregate of one mode in a report."""
+    def scores(r: Mapping[str, Any]) -> Mapping[str, float]:
+        return r["scores"][mode]
+
+    return {"overall": mean([scores(r) for r in records]),
+            "by_lang": grouped(records, lambda r: r["lang"], scores),
+            "by_type": grouped(records, lambda r: r["type"], scores)}

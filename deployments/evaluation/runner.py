@@ -3,7 +3,9 @@
 1. load the passages into a collection with the document API, in batches;
 2. for each retrieval mode, ``POST /v1/retrieve`` every question (``top_k`` 10, bounded
    concurrency) and score the returned documents (:mod:`deployments.evaluation.metrics`);
-3. on a spread of N questions, ``POST /v1/query`` (hybrid, greedy) and check whether the answer
+3. for each condense mode, ``POST /v1/retrieve`` the follow-up turn of every conversation with
+   its history and score it the same way (:mod:`deployments.evaluation.conversational`);
+4. on a spread of N questions, ``POST /v1/query`` (hybrid, greedy) and check whether the answer
    cites / is drawn from a retrieved source, whether that source is a relevant one, and whether
    the expected answer string is in the answer.
 
@@ -24,21 +26,15 @@ from typing import Any
 
 import httpx
 
-from deployments.evaluation import metrics
+from deployments.evaluation import conversational, metrics
+from deployments.evaluation.client import EvalError, gather_bounded, message, served_mode
+from deployments.evaluation.client import post as _post
 from deployments.evaluation.dataset import EvalSet, Question, fold
 
 MODES: tuple[str, ...] = ("dense", "lexical", "hybrid")
 #: Boolean checks of the grounding step, in report order.
 GROUNDING_CHECKS: tuple[str, ...] = ("retrieved_relevant", "cites_source", "grounded", "cited_relevant",
                                      "grounded_relevant", "answer_match")
-#: Statuses worth retrying: an overloaded or briefly unavailable stage (the server says so).
-RETRY_STATUSES = (503, 504)
-
-
-class EvalError(RuntimeError):
-    """The server refused or failed a request the evaluation needs."""
-
-
 @dataclass(frozen=True)
 class EvalOptions:
     """Knobs of one evaluation run (all of them are recorded in the report)."""
@@ -49,38 +45,11 @@ class EvalOptions:
     generate: int = 20  # questions for the grounding check; 0 skips it
     max_tokens: int = 64
     concurrency: int = 4
+    # condense modes scored on the conversations (plus "reference"); empty skips them
+    condense: tuple[str, ...] = conversational.ROWS
     batch_size: int = 64  # documents per POST /v1/documents (the API takes at most 64)
     timeout_s: float = 180.0
     retries: int = 2
-
-
-# --------------------------------------------------------------------------- HTTP
-async def _post(client: httpx.AsyncClient, route: str, body: dict[str, Any], retries: int) -> dict[str, Any]:
-    """POST and return the JSON body; 503/504 are retried after ``Retry-After`` (at most 10 s)."""
-    for attempt in range(retries + 1):
-        r = await client.post(route, json=body)
-        if r.status_code in RETRY_STATUSES and attempt < retries:
-            await asyncio.sleep(_retry_after(r))
-            continue
-        if not r.is_success:
-            raise EvalError(f"POST {route} failed with {r.status_code}: {_message(r)}")
-        return r.json()
-    raise AssertionError("unreachable")  # the last attempt returns or raises
-
-
-def _retry_after(r: httpx.Response) -> float:
-    """The server's Retry-After in seconds (1 if absent or an HTTP date), at most 10."""
-    try:
-        return min(max(float(r.headers.get("retry-after", 1)), 0.0), 10.0)
-    except ValueError:
-        return 1.0
-
-
-def _message(r: httpx.Response) -> str:
-    try:
-        return r.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return r.text[:300]
 
 
 # --------------------------------------------------------------------------- steps
@@ -112,7 +81,7 @@ async def _rows(client: httpx.AsyncClient, collection: str) -> int | None:
     """Rows in the collection, to spot leftovers of an older set (they would be retrieved too)."""
     r = await client.get("/v1/collections")
     if not r.is_success:
-        raise EvalError(f"GET /v1/collections failed with {r.status_code}: {_message(r)}")
+        raise EvalError(f"GET /v1/collections failed with {r.status_code}: {message(r)}")
     return next((c.get("rows") for c in r.json()["collections"] if c["name"] == collection), None)
 
 
@@ -121,18 +90,12 @@ async def retrieve_all(client: httpx.AsyncClient, questions: Sequence[Question],
     """For each question, the ranked document ids (deduplicated, best first) the server returns
     and the mode it searched with (a hybrid query in a language outside ``search.dense_languages``
     is searched lexically; anything else differing from the asked mode is an error)."""
-    sem = asyncio.Semaphore(opts.concurrency)
-
     async def one(q: Question) -> tuple[list[str], str]:
         body = {"question": q.question, "top_k": opts.top_k, "mode": mode, "collection": opts.collection}
-        async with sem:
-            res = await _post(client, "/v1/retrieve", body, opts.retries)
-        served = res.get("mode")
-        if served != mode and not (mode == "hybrid" and served == "lexical"):
-            raise EvalError(f"asked for mode {mode!r}, the server searched with {served!r}")
-        return metrics.dedupe(s["doc_id"] for s in res["sources"]), str(served)
+        res = await _post(client, "/v1/retrieve", body, opts.retries)
+        return metrics.dedupe(s["doc_id"] for s in res["sources"]), served_mode(res, mode)
 
-    return list(await asyncio.gather(*(one(q) for q in questions)))
+    return await gather_bounded(questions, one, opts.concurrency)
 
 
 def spread(items: Sequence[Any], n: int) -> list[Any]:
@@ -168,14 +131,8 @@ async def grounding(client: httpx.AsyncClient, questions: Sequence[Question],
     """The grounding check on ``opts.generate`` questions: per-question records and the rate of
     each check (share of the questions passing it)."""
     picked = spread(questions, opts.generate)
-    sem = asyncio.Semaphore(opts.concurrency)
     start = time.perf_counter()
-
-    async def one(q: Question) -> dict[str, Any]:
-        async with sem:
-            return await ground_one(client, q, opts)
-
-    records = list(await asyncio.gather(*(one(q) for q in picked)))
+    records = await gather_bounded(picked, lambda q: ground_one(client, q, opts), opts.concurrency)
     rates = {c: sum(r[c] for r in records) / len(records) for c in GROUNDING_CHECKS}
     return {"n": len(records), "rates": rates, "seconds": round(time.perf_counter() - start, 2),
             "questions": records}
@@ -198,6 +155,7 @@ async def run(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions(),
     unknown = set(opts.modes) - set(MODES)
     if unknown or not opts.modes:
         raise ValueError(f"modes must be a non-empty subset of {MODES}, got {opts.modes}")
+    conversational.check_rows(opts.condense)
     qs = evalset.questions
     async with httpx.AsyncClient(base_url=url, timeout=opts.timeout_s, transport=transport) as client:
         loaded = await load_passages(client, evalset, opts)
@@ -211,20 +169,19 @@ async def run(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions(),
                 rec["ranked"][mode] = ranked
                 rec["scores"][mode] = metrics.score(ranked, q.relevant)
                 served[how] = served.get(how, 0) + 1
-            modes[mode] = _aggregate(per_q, mode) | {"seconds": round(time.perf_counter() - start, 2),
-                                                     "served_as": served}
+            modes[mode] = metrics.summarize(per_q, mode) | {"seconds": round(time.perf_counter() - start, 2),
+                                                            "served_as": served}
+        convs = None
+        if opts.condense and evalset.conversations:
+            convs = await conversational.evaluate(
+                client, evalset.conversations, opts.condense, collection=opts.collection, top_k=opts.top_k,
+                concurrency=opts.concurrency, retries=opts.retries)
         ground = await grounding(client, qs, opts) if opts.generate > 0 else None
     config = {"url": url, "data": str(evalset.directory), **asdict(opts),
-              "passages": len(evalset.passages), "questions": len(qs)}
+              "passages": len(evalset.passages), "questions": len(qs),
+              "conversations": len(evalset.conversations)}
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
-            "load": loaded, "modes": modes, "questions": per_q, "grounding": ground}
-
-
-def _aggregate(per_q: list[dict[str, Any]], mode: str) -> dict[str, Any]:
-    scores = [r["scores"][mode] for r in per_q]
-    return {"overall": metrics.mean(scores),
-            "by_lang": metrics.grouped(per_q, lambda r: r["lang"], lambda r: r["scores"][mode]),
-            "by_type": metrics.grouped(per_q, lambda r: r["type"], lambda r: r["scores"][mode])}
+            "load": loaded, "modes": modes, "questions": per_q, "conversations": convs, "grounding": ground}
 
 
 def run_sync(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions()) -> dict[str, Any]:
@@ -233,21 +190,18 @@ def run_sync(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions()) -> d
 
 
 # --------------------------------------------------------------------------- output
-_COLUMNS = (("recall@1", "R@1"), ("recall@5", "R@5"), ("recall@10", "R@10"), ("mrr", "MRR"),
-            ("ndcg@10", "nDCG@10"))
-
-
 def format_table(report: dict[str, Any]) -> str:
     """Rows: modes; columns: recall@1/5/10, MRR, nDCG@10, then nDCG@10 per language and per
-    question type; then the grounding rates (if the check ran) and what each step took."""
+    question type; then the grounding rates (if the check ran) and what each step took; then the
+    conversations' table (:func:`conversational.format_table`), if they ran."""
     modes = report["modes"]
     first = next(iter(modes.values()))
     langs, types = list(first["by_lang"]), list(first["by_type"])
-    head = [label for _, label in _COLUMNS] + [f"nDCG {g}" for g in langs + types]
+    head = [metrics.LABELS[m] for m in metrics.METRICS] + [f"nDCG {g}" for g in langs + types]
     widths = [max(7, len(h)) for h in head]
     lines = [f"{'mode':8}" + " ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True))]
     for mode, agg in modes.items():
-        vals = [agg["overall"][m] for m, _ in _COLUMNS]
+        vals = [agg["overall"][m] for m in metrics.METRICS]
         vals += [agg["by_lang"][g]["ndcg@10"] for g in langs] + [agg["by_type"][g]["ndcg@10"] for g in types]
         lines.append(f"{mode:8}" + " ".join(f"{v:>{w}.3f}" for v, w in zip(vals, widths, strict=True)))
     counts = ", ".join(f"{g}={first[k][g]['n']}" for k in ("by_lang", "by_type") for g in first[k])
@@ -266,6 +220,8 @@ def format_table(report: dict[str, Any]) -> str:
     took = ", ".join([f"load {load['seconds']:.1f}", *(f"{m} {a['seconds']:.1f}" for m, a in modes.items())]
                      + ([f"grounding {g['seconds']:.1f}"] if g else []))
     lines.append(f"passages: {statuses}; seconds: {took}")
+    if report.get("conversations"):
+        lines += ["", conversational.format_table(report["conversations"])]
     return "\n".join(lines)
 
 
