@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from deployments.evaluation import dataset, metrics, runner
+from deployments.evaluation import conversational, dataset, metrics, runner
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +119,20 @@ def test_grounding_check(report) -> None:
         assert all(1 <= n <= n_sources for n in r["cited"] + r["grounded_in"]), r
         assert not r["cited_relevant"] or r["cites_source"]
         assert not r["grounded_relevant"] or r["grounded"]
+
+
+def test_conversations_scored_for_every_condense_mode(report, evalset) -> None:
+    """Every conversation's follow-up is searched in each row, with the mode the server reports;
+    following the conversation (the deterministic ``join``) finds the follow-up's passage more
+    often than the follow-up alone, by a paired bootstrap over the conversations."""
+    convs = report["conversations"]
+    assert convs["n"] == len(evalset.conversations) >= 30
+    assert list(convs["modes"]) == list(conversational.ROWS)
+    for row, agg in convs["modes"].items():
+        assert set(agg["served_as"]) <= set(conversational.ACCEPTED[row]), (row, agg["served_as"])
+        assert sum(agg["served_as"].values()) == convs["n"]
+    for rec in convs["conversations"]:
+        assert rec["search_query"]["last"]["text"] == rec["question"]
+        assert rec["search_query"]["reference"]["text"] == rec["standalone"]
+    recall = {row: [c["scores"][row]["recall@5"] for c in convs["conversations"]] for row in conversational.ROWS}
+    assert metrics.paired_bootstrap(recall["join"], recall["last"])["low"] > 0
