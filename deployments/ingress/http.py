@@ -196,6 +196,9 @@ class IngressMiddleware:
             label = getattr(route, "path", "unmatched")
             metrics.observe("rag_ingress_latency_seconds", time.perf_counter() - start, route=label, code=str(code))
             metrics.inc("rag_ingress_requests_total", route=label, code=str(code))
+            tenant = scope.get("state", {}).get("tenant")  # set once the API key is known
+            if tenant is not None:
+                metrics.inc("rag_tenant_requests_total", tenant=tenant, route=label, code=str(code))
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
