@@ -115,6 +115,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     retry_after = getattr(err, "retry_after_s", None)  # 429 and 503 that know when to come back
     if retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    if err.status == 401:  # RFC 9110 11.6.1: a 401 names the scheme that would work (RFC 6750)
+        headers["www-authenticate"] = 'Bearer realm="ragserve"'
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
