@@ -344,6 +344,41 @@ class IngressConfig(_Strict):
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=128)
 
 
+class KeyLimits(_Strict):
+    """Default per-key limits (a key's own ``limits`` in the keys file override them)."""
+
+    requests_per_s: float | None = Field(None, gt=0, description="Sustained requests per second (None: no limit).")
+    burst: int | None = Field(None, ge=1, description="Requests at once above the rate (default: 2 s of it).")
+    tokens_per_min: int | None = Field(None, ge=1, description="Generated tokens per minute (None: no limit).")
+    concurrent_generations: int | None = Field(None, ge=1, description="Generations at once (None: no limit).")
+
+
+class AuthConfig(_Strict):
+    """API keys, tenants and limits (deployments/ingress/auth.py)."""
+
+    mode: Literal["auto", "keys", "off"] = Field(
+        "auto",
+        description="auto: keys when keys_file is set, else open; keys: keys_file is required; off: open on purpose. "
+        "An open server (every scope, one namespace, no document ACLs) is refused on a non-loopback address "
+        "unless mode is off.",
+    )
+    keys_file: str | None = Field(
+        None, description="YAML file of hashed API keys (`ragserve keys create` writes it; a k8s Secret in a cluster).")
+    reload_interval_s: float = Field(5.0, gt=0, description="How often the keys file is checked for changes.")
+    default_limits: KeyLimits = Field(default_factory=KeyLimits, description="Limits of keys that set none.")
+
+    @model_validator(mode="after")
+    def _keys(self) -> "AuthConfig":
+        if self.mode == "keys" and not self.keys_file:
+            raise ValueError("mode keys needs keys_file")
+        return self
+
+    @property
+    def open(self) -> bool:
+        """Whether requests go without keys."""
+        return self.mode == "off" or (self.mode == "auto" and not self.keys_file)
+
+
 class ConversationConfig(_Strict):
     """How a follow-up question becomes a search query (deployments/ingress/conversation.py)."""
 
@@ -384,6 +419,7 @@ class AppConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Document ingestion.")
     conversation: ConversationConfig = Field(default_factory=ConversationConfig,
                                              description="Retrieval for follow-up questions.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, tenants and limits.")
     logging: LoggingOptions = Field(default_factory=LoggingOptions, description="Replica logging.")
 
 

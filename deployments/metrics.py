@@ -64,6 +64,12 @@ SPECS: tuple[MetricSpec, ...] = (
                ("route", "code"), tuple(LATENCY_BUCKETS)),
     MetricSpec("rag_ingress_requests_total", "counter", "HTTP requests by route and status code.",
                ("route", "code")),
+    # tenants (label values come from the keys file, never from a request; "open" without keys)
+    MetricSpec("rag_tenant_requests_total", "counter", "HTTP requests of a tenant's keys by route and status code.",
+               ("tenant", "route", "code")),
+    MetricSpec("rag_tenant_generated_tokens_total", "counter", "Tokens generated for a tenant's keys.", ("tenant",)),
+    MetricSpec("rag_tenant_rejections_total", "counter", "Requests refused before any work, by error type "
+               "(authentication_error, permission_error, rate_limit_error).", ("tenant", "reason")),
 )
 _BY_NAME = {s.name: s for s in SPECS}
 _live: dict[str, Any] = {}

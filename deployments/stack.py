@@ -16,6 +16,7 @@ from typing import Any
 from deployments import envs
 from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, load_config_or_defaults, load_serve_yaml
 from deployments.envs import env
+from deployments.errors import ConfigError
 from deployments.search.lite import LiteServer, is_listening, local_endpoint
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,28 @@ def ensure_milvus(cfg: AppConfig) -> LiteServer | None:
     log.info("starting milvus-lite server on 127.0.0.1:%d (data in %s)", endpoint[1],
              cfg.search.milvus.lite_server_data_dir)
     return LiteServer(cfg.search.milvus.lite_server_data_dir, endpoint[1]).start()
+
+
+def check_exposure(cfg: AppConfig, host: str) -> None:
+    """Refuse to serve an open app (no API keys) beyond loopback, unless ``auth.mode: off`` says
+    so on purpose; on loopback, say loudly that it is open.
+
+    Raises:
+        ConfigError: an open app bound to a non-loopback address.
+    """
+    if not cfg.auth.open:
+        return
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and cfg.auth.mode != "off":
+        raise ConfigError(f"refusing to serve on {host} without API keys: set auth.keys_file (see `ragserve keys`), "
+                          "or auth.mode: off to run open on purpose")
+    log.warning("ragserve runs WITHOUT API keys on %s: every caller has every scope (auth.keys_file enables keys)",
+                host)
 
 
 @dataclass
@@ -73,6 +96,7 @@ class LocalStack:
 
         from deployments.app import build_app
 
+        check_exposure(self.cfg, self.host)
         t0 = time.perf_counter()
         self._milvus = ensure_milvus(self.cfg)
         if not ray.is_initialized():

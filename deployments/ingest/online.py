@@ -44,7 +44,7 @@ class DocumentWriter:
     async def _one(self, collection: str, d: DocumentIn) -> DocumentResult:
         icfg, pcfg, h, call = self.cfg.ingest, self.cfg.preprocess, self.p.handles, self.p.call
         doc = Document(doc_id=d.id, source=d.source or d.id, title=d.title, text=d.text.strip(),
-                       tags=tuple(d.tags), created_at=int(d.created_at or 0))
+                       tags=tuple(d.tags), created_at=int(d.created_at or 0), acl=tuple(d.acl))
         stored = await call(h["search"].document_state.remote(collection, doc.doc_id), "search")
         chunks = await call(h["encoder"].chunk.remote(doc.text, icfg.chunk_tokens, icfg.chunk_overlap_tokens),
                             "encoder")

@@ -48,6 +48,7 @@ class Document:
     text: str
     tags: tuple[str, ...] = ()
     created_at: int = 0  # epoch seconds; 0 when unknown
+    acl: tuple[str, ...] = ()  # groups that may read it; empty: the whole tenant
 
 
 def source_doc_id(source: str) -> str:
@@ -123,11 +124,11 @@ def _decode(raw: bytes) -> str:
 
 
 def _document(source: str, title: str, text: str, created: int, doc_id: str | None = None,
-              tags: tuple[str, ...] = ()) -> Document:
+              tags: tuple[str, ...] = (), acl: tuple[str, ...] = ()) -> Document:
     text = _BLANK_LINES.sub("\n\n", text.replace("\r\n", "\n")).strip()
     if not normalize(text):  # nothing visible (zero-width and control characters do not count)
         raise BadFile("no text")
-    return Document(doc_id or source_doc_id(source), source, title.strip()[:1024], text, tags, created)
+    return Document(doc_id or source_doc_id(source), source, title.strip()[:1024], text, tags, created, acl)
 
 
 def _markdown_title(text: str) -> tuple[str, str]:
@@ -181,7 +182,7 @@ def _pdf(raw: bytes, stem: str, source: str, created: int) -> Document:
 
 
 def _jsonl(text: str, source: str) -> Parsed:
-    """One document per line: ``{"text": ..., "id"?, "title"?, "source"?, "tags"?, "created_at"?}``."""
+    """One document per line: ``{"text": ..., "id"?, "title"?, "source"?, "tags"?, "created_at"?, "acl"?}``."""
     out = Parsed()
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -194,7 +195,8 @@ def _jsonl(text: str, source: str) -> Parsed:
             # Known fields only: anything else (e.g. evaluation labels) is not the document's.
             doc = DocumentIn.model_validate({k: obj[k] for k in DocumentIn.model_fields if k in obj})
             src = doc.source or f"{source}#{doc.id}"
-            out.documents.append(_document(src, doc.title, doc.text, int(doc.created_at or 0), doc.id, tuple(doc.tags)))
+            out.documents.append(_document(src, doc.title, doc.text, int(doc.created_at or 0), doc.id, tuple(doc.tags),
+                                           tuple(doc.acl)))
         except (ValueError, ValidationError, RecursionError) as e:  # JSONDecodeError, BadFile: ValueErrors
             out.problems.append(f"line {n}: {_short(e)}")
     if not out.documents:

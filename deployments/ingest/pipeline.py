@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 
 from deployments.config import IngestConfig, PreprocessConfig
 from deployments.ingest.chunking import chunk_text
+from deployments.protocol.types import PUBLIC_GROUP
 from deployments.ingest.parsers import BadFile, Document, parse_file
 from deployments.preprocess.text import document_lexical, normalize
 
@@ -83,7 +84,8 @@ def plan_chunks(doc: Document, chunks: list[str], pcfg: PreprocessConfig) -> Pla
     texts = tuple(normalize(c, pcfg.unicode_form) for c in chunks)
     hashes = tuple(_h(t) for t in texts)
     # created_at is left out on purpose: a file touched but not changed is not a new version.
-    version = _h(json.dumps([doc.source, doc.title, list(doc.tags), hashes]))
+    # The ACL is part of the version: re-sending a document with other groups rewrites its chunks.
+    version = _h(json.dumps([doc.source, doc.title, list(doc.tags), hashes] + ([list(doc.acl)] if doc.acl else [])))
     return Plan(doc, tuple(chunk_id(doc.doc_id, i) for i in range(len(texts))), texts, hashes, version)
 
 
@@ -98,7 +100,8 @@ def rows(p: Plan, vectors: list[list[float]], lexical: list[str], now: int | Non
     return [
         {"id": cid, "doc_id": d.doc_id, "source": d.source, "title": d.title, "chunk_index": i,
          "content_hash": h, "doc_hash": p.version, "tags": list(d.tags), "created_at": d.created_at,
-         "updated_at": now, "live": True, "text": t, "lexical": lex, "dense": v}
+         "updated_at": now, "live": True, "text": t, "lexical": lex, "dense": v,
+         "acl": list(d.acl) or [PUBLIC_GROUP]}
         for i, (cid, t, h, v, lex) in enumerate(zip(p.chunk_ids, p.texts, p.hashes, vectors, lexical, strict=True))
     ]
 

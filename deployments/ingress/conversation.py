@@ -24,12 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from deployments.errors import RagServeError
+from deployments.ingress.auth import OPEN
 from deployments.preprocess import text as analysis
 from deployments.protocol.api import Condense, SearchQuery
 from deployments.protocol.stages import GenerationRequest, SamplingParams
 from deployments.protocol.types import ChatMessage
 
 if TYPE_CHECKING:
+    from deployments.ingress.auth import Principal
     from deployments.ingress.pipeline import Pipeline
 
 CONDENSE_SYSTEM = (
@@ -95,20 +97,21 @@ def accept_rewrite(text: str, max_chars: int, conversation_tokens: set[str] | No
 
 
 async def search_query(pipeline: "Pipeline", question: str, history: tuple[ChatMessage, ...],
-                       mode: Condense | None) -> SearchQuery:
+                       mode: Condense | None, who: "Principal" = OPEN) -> SearchQuery:
     """What to retrieve for ``question`` asked after ``history``."""
     c = pipeline.cfg.conversation
     mode = mode or c.condense
     if mode == "last" or not any(m.role == "user" for m in history):
         return SearchQuery(text=question, mode="last")
     if mode == "rewrite":
-        rewritten = await _rewrite(pipeline, question, history)
+        rewritten = await _rewrite(pipeline, question, history, who)
         if rewritten is not None:
             return SearchQuery(text=rewritten, mode="rewrite")
     return SearchQuery(text=joined(question, history, c.join_turns), mode="join")
 
 
-async def _rewrite(pipeline: "Pipeline", question: str, history: tuple[ChatMessage, ...]) -> str | None:
+async def _rewrite(pipeline: "Pipeline", question: str, history: tuple[ChatMessage, ...],
+                   who: "Principal") -> str | None:
     c = pipeline.cfg.conversation
     req = GenerationRequest(
         messages=condense_messages(question, history, c.join_turns),
@@ -116,7 +119,7 @@ async def _rewrite(pipeline: "Pipeline", question: str, history: tuple[ChatMessa
         request_id=f"condense-{uuid.uuid4().hex[:12]}", prompt_param="messages")
     try:
         async with asyncio.timeout(c.rewrite_timeout_s):
-            _, chunks = await pipeline.start(req)
+            _, chunks = await pipeline.start(req, who)  # the rewrite counts against the caller's limits
             out = await pipeline.collect(chunks)
     except (TimeoutError, RagServeError):
         # An overloaded or slow generator must not fail the question: the join fallback serves it.

@@ -115,6 +115,8 @@ def error_response(exc: BaseException) -> JSONResponse:
     retry_after = getattr(err, "retry_after_s", None)  # 429 and 503 that know when to come back
     if retry_after is not None:
         headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    if err.status == 401:  # RFC 9110 11.6.1: a 401 names the scheme that would work (RFC 6750)
+        headers["www-authenticate"] = 'Bearer realm="ragserve"'
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
@@ -196,6 +198,9 @@ class IngressMiddleware:
             label = getattr(route, "path", "unmatched")
             metrics.observe("rag_ingress_latency_seconds", time.perf_counter() - start, route=label, code=str(code))
             metrics.inc("rag_ingress_requests_total", route=label, code=str(code))
+            tenant = scope.get("state", {}).get("tenant")  # set once the API key is known
+            if tenant is not None:
+                metrics.inc("rag_tenant_requests_total", tenant=tenant, route=label, code=str(code))
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:

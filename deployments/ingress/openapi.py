@@ -34,12 +34,15 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 #: Errors every route that calls a stage can return: the stage may be down or past its deadline.
 COMMON_ERRORS = (503, 504)
+#: Errors of every route behind an API key: no or unknown key, missing scope, over its limits.
+AUTH_ERRORS = (401, 403, 429)
 SSE = "text/event-stream"
 
 
 def operation(*, body: type[BaseModel] | None = None, response: type[BaseModel] | None = None,
               errors: Sequence[int] = (), stream: str | None = None, events: Sequence[type[BaseModel]] = (),
-              status: int = 200, examples: dict[str, Any] | None = None, common: bool = True) -> dict[str, Any]:
+              status: int = 200, examples: dict[str, Any] | None = None, common: bool = True,
+              auth: bool = True) -> dict[str, Any]:
     """Keyword arguments for a route decorator that document the route completely.
 
     Args:
@@ -51,9 +54,10 @@ def operation(*, body: type[BaseModel] | None = None, response: type[BaseModel] 
         status: the success status.
         examples: named request examples shown in ``/docs``.
         common: include :data:`COMMON_ERRORS` (false for routes that call no stage).
+        auth: include :data:`AUTH_ERRORS` (false for routes open to everyone: health).
     """
     responses: dict[int | str, Any] = {}
-    for code in sorted({*(COMMON_ERRORS if common else ()), *errors}):
+    for code in sorted({*(COMMON_ERRORS if common else ()), *(AUTH_ERRORS if auth else ()), *errors}):
         entry: dict[str, Any] = {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[code]}
         if code in (429, 503):
             entry["headers"] = RETRY_AFTER

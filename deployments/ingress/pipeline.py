@@ -9,15 +9,17 @@ shape requests and responses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments import stages
+from deployments import metrics, stages
 from deployments.config import AppConfig
 from deployments.errors import DependencyTimeoutError, OverloadedError
 from deployments.generator import prompt
 from deployments.ingress import http
+from deployments.ingress.access import Access
+from deployments.ingress.auth import OPEN, Principal
 from deployments.preprocess import text as analysis
 from deployments.protocol.api import RetrievalFields, SamplingFields, SearchQuery, StageReadiness
 from deployments.protocol.stages import (
@@ -60,6 +62,35 @@ class Collected:
             self.prompt_tokens, self.completion_tokens = chunk.prompt_tokens, chunk.completion_tokens
 
 
+class Metered:
+    """A generation's chunks that settle the caller's quota exactly once when the generation is
+    over: finished, failed, closed, or dropped unread (a client that went away)."""
+
+    def __init__(self, chunks: AsyncIterator[GenerationChunk], settle: Callable[[int], None]) -> None:
+        self.chunks, self.settle, self.used, self.settled = chunks, settle, 0, False
+
+    def __aiter__(self) -> "Metered":
+        return self
+
+    async def __anext__(self) -> GenerationChunk:
+        try:
+            chunk = await self.chunks.__anext__()
+        except BaseException:  # the end (StopAsyncIteration), an error or a cancellation
+            self.close()
+            raise
+        if chunk.done:
+            self.used = chunk.completion_tokens
+        return chunk
+
+    def close(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self.settle(self.used)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Pipeline:
     """The stages behind the ingress, by registry name (``deployments.stages``).
 
@@ -70,10 +101,11 @@ class Pipeline:
     """
 
     def __init__(self, handles: Mapping[str, Any], cfg: AppConfig,
-                 registry: tuple[stages.Stage, ...] = stages.STAGES) -> None:
+                 registry: tuple[stages.Stage, ...] = stages.STAGES, access: Access | None = None) -> None:
         self.handles = dict(handles)
         self.cfg = cfg
         self.registry = registry
+        self.access = access or Access(cfg.auth)
         self.timeout = cfg.ingress.request_timeout_s
 
     # ------------------------------------------------------------------ calls
@@ -93,17 +125,23 @@ class Pipeline:
         return await self.call(self.handles["encoder"].embed.remote(texts), "encoder")
 
     # ------------------------------------------------------------------ retrieval
-    async def retrieve(self, question: str, where: RetrievalFields,
-                       history: tuple[ChatMessage, ...] = ()) -> Retrieval:
-        """Retrieve for ``question``; after earlier turns (``history``), for the search query the
-        conversation makes of it (``deployments.ingress.conversation``)."""
+    def collection(self, who: Principal, name: str | None) -> str:
+        """The stored collection ``who`` means by ``name`` (default: the configured one): always
+        inside its tenant's namespace, so no name reaches another tenant's collections."""
+        return who.collection(name or self.cfg.search.milvus.collection)
+
+    async def retrieve(self, question: str, where: RetrievalFields, history: tuple[ChatMessage, ...] = (),
+                       who: Principal = OPEN) -> Retrieval:
+        """Retrieve for ``question`` what ``who`` may read; after earlier turns (``history``), for
+        the search query the conversation makes of it (``deployments.ingress.conversation``)."""
         from deployments.ingress import conversation
 
-        query = await conversation.search_query(self, question, history, where.condense)
-        prepared, result = await self._search(query.text, where)
+        query = await conversation.search_query(self, question, history, where.condense, who)
+        prepared, result = await self._search(query.text, where, who)
         return Retrieval(prepared, result, query)
 
-    async def _search(self, text: str, where: RetrievalFields) -> tuple[PreparedQuery, SearchResult]:
+    async def _search(self, text: str, where: RetrievalFields,
+                      who: Principal) -> tuple[PreparedQuery, SearchResult]:
         # Preprocess and encoder run concurrently: the encoder's input is the normalised question,
         # which is cheap and deterministic, so the critical path saves a whole stage hop. Only
         # questions within the length limit are sent ahead; preprocess still validates them all.
@@ -123,8 +161,10 @@ class Pipeline:
         rerank = self.handles.get("rerank")
         # With a reranker, search fetches more candidates and the reranker keeps the best top_k.
         fetch = max(top_k, self.cfg.reranker.candidates) if rerank is not None else top_k
+        # The tenant's collection and the key's groups are the mandatory part of the search: they
+        # come from the key, never from the request, and the filter compiler keeps them apart.
         req = SearchRequest(query=prepared, vector=tuple(vector), top_k=fetch, mode=where.mode,
-                            collection=where.collection, filter=where.filter)
+                            collection=self.collection(who, where.collection), filter=where.filter, acl=who.groups)
         result = await self.call(self.handles["search"].search.remote(req), "search")
         if rerank is not None and result.hits:
             hits = await self.call(rerank.rerank.remote(prepared.text, result.hits, top_k), "rerank")
@@ -185,16 +225,27 @@ class Pipeline:
             first = False
             yield chunk
 
-    async def start(self, req: GenerationRequest) -> tuple[PackedContext | None, AsyncIterator[GenerationChunk]]:
+    async def start(self, req: GenerationRequest,
+                    who: Principal = OPEN) -> tuple[PackedContext | None, AsyncIterator[GenerationChunk]]:
         """The packed context and the rest of the stream, once the generator admitted the request:
-        a generator that is down, overloaded or rejects the prompt is an HTTP error before a
-        streaming response's 200 is sent."""
+        a generator that is down, overloaded or rejects the prompt, or a key over its generation
+        limits (429), is an HTTP error before a streaming response's 200 is sent."""
+        reserved = req.sampling.max_tokens * req.sampling.n
+        self.access.limiter.start_generation(who, reserved)
         chunks = self._generate(req)
         try:
             first = await chunks.__anext__()
         except StopAsyncIteration:
             first = GenerationChunk()
-        return first.context, chunks
+        except BaseException:
+            self.access.limiter.end_generation(who, reserved, 0)
+            raise
+        return first.context, Metered(chunks, lambda used: self._settle(who, reserved, used))
+
+    def _settle(self, who: Principal, reserved: int, used: int) -> None:
+        self.access.limiter.end_generation(who, reserved, used)
+        if used > 0:  # Ray counters take positive increments only
+            metrics.inc("rag_tenant_generated_tokens_total", float(used), tenant=who.label)
 
     @staticmethod
     async def collect(chunks: AsyncIterator[GenerationChunk]) -> Collected:

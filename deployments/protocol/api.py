@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.protocol.stages import Hit, Mode, PackedContext
 from deployments.protocol.types import (
-    MAX_TAGS, ChatMessage, CollectionName, DocId, Filter, Request, Tag, epoch_seconds, int_is_float,
+    MAX_GROUPS, MAX_TAGS, ChatMessage, CollectionName, DocId, Filter, Group, Request, Tag, epoch_seconds, int_is_float,
 )
 
 Condense = Literal["rewrite", "join", "last"]
@@ -198,6 +198,9 @@ class DocumentIn(Request):
     source: str = Field("", max_length=2048, description="Where it came from (default: the id).")
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     created_at: int | str | None = Field(None, description="ISO 8601 or epoch seconds.")
+    acl: list[Group] = Field(default_factory=list, max_length=MAX_GROUPS,
+                             description="Groups that may read it (API keys list their groups); empty: every key of "
+                             "the tenant.")
 
     @field_validator("created_at")
     @classmethod

@@ -44,6 +44,9 @@ class SearchRequest(Message):
     mode: Mode | None = None
     collection: str | None = None
     filter: Filter | None = None
+    acl: tuple[str, ...] | None = Field(
+        None, description="Groups the caller may read (a mandatory filter, set by the ingress from the API key, "
+        "never from the request); None: no ACL filter (a server without keys).")
 
 
 class Hit(Message):

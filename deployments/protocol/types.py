@@ -20,6 +20,23 @@ DocId = Annotated[str, StringConstraints(pattern=DOC_ID_PATTERN)]
 CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MAX_TAGS = 32
+#: Document access groups: the ``acl`` of a document, the ``groups`` of an API key.
+Group = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+MAX_GROUPS = 32
+#: The group of a document without an ``acl``: every key of its tenant reads it.
+PUBLIC_GROUP = "*"
+#: Between a tenant and its collection's name in the stored name: ``acme__manuals``.
+TENANT_SEP = "__"
+
+
+def stored_collection(tenant: str, name: str) -> str:
+    """The Milvus collection behind a tenant's collection ``name`` (no tenant: the name itself)."""
+    return f"{tenant}{TENANT_SEP}{name}" if tenant else name
+
+
+def is_default_collection(stored: str, default: str) -> bool:
+    """Whether a stored collection is some tenant's default collection (created on first use)."""
+    return stored == default or stored.endswith(f"{TENANT_SEP}{default}")
 
 
 def epoch_seconds(value: int | str | None) -> int:

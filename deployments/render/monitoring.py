@@ -279,6 +279,14 @@ def _extra_panels() -> dict[str, list[dict[str, Any]]]:
                    [(rate_sum(external("ray_vllm_generation_tokens_total"), "model_name", None, w),
                      "generated tokens/s {{model_name}}"),
                     (_by_model("max", "ray_vllm_kv_cache_usage_perc"), "KV cache used (0-1)")])],
+        "tenants": [
+            _panel("tenants: requests by code", "reqps",
+                   [(rate_sum(series("rag_tenant_requests_total"), "tenant, code", None, w), "{{tenant}} {{code}}")]),
+            _panel("tenants: generated tokens/s", "short",
+                   [(rate_sum(series("rag_tenant_generated_tokens_total"), "tenant", None, w), "{{tenant}}")]),
+            _panel("tenants: refused before any work", "reqps",
+                   [(rate_sum(series("rag_tenant_rejections_total"), "tenant, reason", None, w),
+                     "{{tenant}} {{reason}}")])],
     }
 
 

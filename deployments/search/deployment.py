@@ -15,6 +15,7 @@ from deployments import metrics
 from deployments.config import SearchConfig
 from deployments.errors import DependencyUnavailableError, InvalidRequestError, NotFoundError
 from deployments.protocol.stages import SearchRequest, SearchResult
+from deployments.protocol.types import is_default_collection
 from deployments.search.store import ChunkStore, connect, list_collections
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,16 @@ class Searcher:
             return self._client
 
     def _store(self, collection: str | None, dim: int = 0, create: bool | None = None) -> ChunkStore:
-        """The loaded store of ``collection``. Only the default collection is created on first
-        use (so a fresh deployment answers with no hits and takes its first documents); others
-        must be created explicitly. Creating needs ``dim``, the vector size."""
+        """The loaded store of ``collection``. Only a default collection (the server's, or a
+        tenant's) is created on first use (so a fresh deployment answers with no hits and takes
+        its first documents); others must be created explicitly. Creating needs ``dim``."""
         name = collection or self.cfg.milvus.collection
         with self._lock:
             store = self._stores.get(name)
             if store is None or (dim and store.dim != dim):
                 store = ChunkStore(self._connected(), self.cfg, dim, name)
-                store.ensure_collection(create=name == self.cfg.milvus.collection if create is None else create)
+                default = is_default_collection(name, self.cfg.milvus.collection)
+                store.ensure_collection(create=default if create is None else create)
                 self._stores[name] = store
             return store
 
@@ -92,7 +94,7 @@ class Searcher:
 
             def run() -> SearchResult:
                 store = self._store(req.collection, len(req.vector))
-                hits = store.search(req.vector, req.query.lexical_text, req.top_k, mode, req.filter)
+                hits = store.search(req.vector, req.query.lexical_text, req.top_k, mode, req.filter, req.acl)
                 return SearchResult(hits=tuple(hits), mode=mode)  # type: ignore[arg-type]
 
             result = await self._run("search", run)
@@ -107,7 +109,7 @@ class Searcher:
             try:
                 return self._store(collection, create=False).document_state(doc_id)
             except NotFoundError:
-                if (collection or self.cfg.milvus.collection) != self.cfg.milvus.collection:
+                if not is_default_collection(collection or self.cfg.milvus.collection, self.cfg.milvus.collection):
                     raise
                 return {}
 

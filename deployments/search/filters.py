@@ -38,11 +38,18 @@ def _array(fn: str, values: tuple[str, ...]) -> str:
     return f"{fn}(tags, [{', '.join(quote(v) for v in values)}])"
 
 
-def compile_filter(f: Filter | None) -> str:
-    """The Milvus expression for ``f`` (``None``: live rows only)."""
+def acl_clause(groups: tuple[str, ...]) -> str:
+    """Rows readable by a caller of ``groups``: their ``acl`` shares one of them. Always a
+    separate conjunct, so nothing in a request's filter can widen it."""
+    return f"ARRAY_CONTAINS_ANY(acl, [{', '.join(quote(g) for g in groups)}])"
+
+
+def compile_filter(f: Filter | None, acl: tuple[str, ...] | None = None) -> str:
+    """The Milvus expression for ``f`` (``None``: live rows only), restricted to the rows the
+    groups ``acl`` may read (``None``: no ACL restriction, a server without keys)."""
+    parts = [LIVE] if acl is None else [LIVE, acl_clause(acl or ("",))]  # no groups: nothing matches (no group is "")
     if f is None:
-        return LIVE
-    parts = [LIVE]
+        return " and ".join(parts)
     if f.doc_ids:
         parts.append(_in("doc_id", f.doc_ids))
     if f.sources:

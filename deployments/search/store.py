@@ -33,7 +33,7 @@ _VARCHAR_MAX = 65535
 #: Fields a collection must have to be a ragserve chunk collection of this version (checked
 #: by name: milvus-lite does not keep a collection's description).
 REQUIRED_FIELDS = frozenset({"id", "doc_id", "doc_hash", "live", "tags", "created_at", "updated_at", "text",
-                             "lexical", "sparse", "dense"})
+                             "lexical", "sparse", "dense", "acl"})
 
 
 @contextmanager
@@ -143,6 +143,8 @@ class ChunkStore:
         schema.add_field("created_at", DataType.INT64)
         schema.add_field("updated_at", DataType.INT64)
         schema.add_field("live", DataType.BOOL)
+        # Groups that may read the chunk ("*": the whole tenant); every search of a keyed server filters on it.
+        schema.add_field("acl", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=33, max_length=64)
         schema.add_field("text", DataType.VARCHAR, max_length=_VARCHAR_MAX)
         schema.add_field(
             "lexical",
@@ -262,14 +264,14 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ search
     def search(self, vector: Sequence[float], lexical: str, top_k: int, mode: str,
-               flt: Filter | None = None) -> list[Hit]:
-        """Dense, lexical (BM25) or hybrid (fused) search over live chunks matching ``flt``;
-        returns hits best first."""
+               flt: Filter | None = None, acl: tuple[str, ...] | None = None) -> list[Hit]:
+        """Dense, lexical (BM25) or hybrid (fused) search over live chunks matching ``flt`` and
+        readable by the groups ``acl`` (None: no ACL filter); returns hits best first."""
         if mode == "lexical" and not lexical.strip():
             return []  # nothing left after stopwords: BM25 has nothing to match
         if mode == "hybrid" and not lexical.strip():
             mode = "dense"
-        expr = compile_filter(flt)
+        expr = compile_filter(flt, acl)
         with milvus_errors("search", self.timeout):
             if mode == "dense":
                 res = self.client.search(

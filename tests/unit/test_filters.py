@@ -573,3 +573,29 @@ def test_lexical_scores_are_positive_whatever_the_server_reports() -> None:
         assert [h.score for h in store.search([0.0] * 4, "pump", 2, "lexical")] == [2.5, 1.0]
     store = ChunkStore(Client([0.9, -0.2]), SearchConfig(), dim=4)
     assert [h.score for h in store.search([0.0] * 4, "pump", 2, "dense")] == [0.9, -0.2]  # IP may be < 0
+
+
+# --------------------------------------------------------------------------- the mandatory ACL clause
+def c_acl(groups: list[str]) -> Cond:
+    return ("id", "ARRAY_CONTAINS_ANY"), ("op", "("), ("id", "acl"), ("op", ","), *_list(groups), ("op", ")")
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_acl_clause_is_its_own_conjunct_whatever_the_filter_says(value: str) -> None:
+    """A key's groups are ANDed with everything else, so no request value can widen them."""
+    for body, expected in _hostile_cases(value):
+        expr = compile_filter(Filter.model_validate(body), acl=("*", "hr"))
+        assert conditions(expr) == [LIVE_COND, c_acl(["*", "hr"]), expected], (body, expr)
+    assert conditions(compile_filter(None, acl=("*",))) == [LIVE_COND, c_acl(["*"])]
+    assert conditions(compile_filter(None, acl=())) == [LIVE_COND, c_acl([""])]  # no groups: no row
+    assert conditions(compile_filter(None)) == [LIVE_COND]  # a server without keys filters nothing
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_acl_clause_parses_in_milvus_lite(value: str) -> None:
+    ml = pytest.importorskip("milvus_lite.search.filter")
+    ast = ml.parse_expr(compile_filter(Filter.model_validate({"tags_any": [value]}), acl=("*", value[:60] or "g")))
+    live, acl, tags = ast.operands
+    assert (acl.value.name, acl.mode) == ("acl", "any")
+    assert [e.value for e in acl.values.elements] == ["*", value[:60] or "g"]
+    assert (tags.value.name, [e.value for e in tags.values.elements]) == ("tags", [value])

@@ -86,6 +86,15 @@ def test_backpressure_without_retry_hint_still_sends_retry_after() -> None:
     assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
 
 
+def test_unauthorized_names_the_bearer_scheme() -> None:
+    from deployments.errors import ForbiddenError, UnauthorizedError
+
+    resp = error_response(UnauthorizedError("missing API key"))
+    assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+    assert json.loads(resp.body)["error"]["type"] == "authentication_error"
+    assert "www-authenticate" not in error_response(ForbiddenError("no scope")).headers
+
+
 def test_timeout_is_504() -> None:
     err = as_ragserve_error(TimeoutError())
     assert (err.status, err.type) == (504, "timeout_error")

@@ -15,6 +15,8 @@ tests cover the id and replace logic only; the Milvus write itself is in integra
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hashlib
 import os
 from collections.abc import Callable
@@ -416,8 +418,13 @@ def test_rows_fields() -> None:
         "text": "Two chunk.",
         "lexical": "two chunk",
         "dense": [0.0, 1.0],
+        "acl": ["*"],  # no acl: the whole tenant reads it
     }
     assert [r["chunk_index"] for r in out] == [0, 1]
+    restricted = rows(plan_chunks(replace(doc(), acl=("hr", "legal")), ["One."], PCFG), [[1.0, 0.0]], ["one"])
+    assert restricted[0]["acl"] == ["hr", "legal"]
+    # The ACL is part of the version: re-sending a document with other groups rewrites it.
+    assert plan_chunks(replace(doc(), acl=("hr",)), ["One."], PCFG).version != plan_chunks(doc(), ["One."], PCFG).version
     assert rows(p, [[1.0], [2.0]], ["a", "b"])[0]["updated_at"] > 1234  # default: now
     with pytest.raises(ValueError):  # a missing vector is an error, not a silently dropped chunk
         rows(p, [[1.0]], ["a", "b"])

@@ -18,6 +18,7 @@ from deployments.errors import InvalidRequestError
 from deployments.generator import prompt
 from deployments.ingress import http
 from deployments.ingress import openai_compat as oa
+from deployments.ingress.auth import Principal
 from deployments.ingress.openapi import operation
 from deployments.ingress.pipeline import Collected, Pipeline, Retrieval
 from deployments.protocol.api import ErrorResponse, RetrievalFields, Source
@@ -47,7 +48,7 @@ def router(p: Pipeline) -> APIRouter:
         stream="ChatCompletionChunk objects (the first with ragserve's `sources`, `context`, `search_query`), "
                "a usage chunk with `stream_options.include_usage`, then `data: [DONE]`",
         events=(ChatCompletionChunk, ErrorResponse)))
-    async def chat_completions(request: Request) -> Any:
+    async def chat_completions(request: Request, who: Principal = p.access.requires("query")) -> Any:
         """OpenAI chat completions; the conversation is retrieved for unless ``retrieval`` is false."""
         body = await http.read_json(request, ChatCompletionRequest, max_body)
         model = oa.served_model(body.model, p.cfg.generator.model)
@@ -57,7 +58,7 @@ def router(p: Pipeline) -> APIRouter:
                                  param=param, **oa.common_sampling(body), **oa.chat_options(body))
         rid = f"chatcmpl-{http.request_id(request)}"
         if body.user:
-            log.info("chat completion %s for user %r", rid, body.user[:256])
+            log.info("chat completion %s for user %r (key %s)", rid, body.user[:256], who.key_id)
         got: Retrieval | None = None
         if body.retrieval:
             if messages[-1].role != "user" or not messages[-1].content.strip():
@@ -65,12 +66,12 @@ def router(p: Pipeline) -> APIRouter:
             question, history = messages[-1].content, tuple(messages[:-1])
             where = RetrievalFields(top_k=body.top_k, mode=body.mode, collection=body.collection,
                                     filter=body.filter, condense=body.condense)
-            got = await p.retrieve(question, where, history)
+            got = await p.retrieve(question, where, history, who)
             gen = GenerationRequest(rag=p.rag_prompt(question, got.result.hits, history), sampling=sampling,
                                     request_id=rid, prompt_param="messages")
         else:
             gen = GenerationRequest(messages=tuple(messages), sampling=sampling, request_id=rid)
-        context, chunks = await p.start(gen)
+        context, chunks = await p.start(gen, who)
         head = _Head(rid, int(time.time()), model, got, context)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 
 from deployments.ingress import http
 from deployments.ingress import openai_compat as oa
+from deployments.ingress.auth import Principal
 from deployments.ingress.openapi import operation
 from deployments.ingress.pipeline import Collected, Pipeline
 from deployments.protocol.api import ErrorResponse
@@ -27,7 +28,7 @@ def router(p: Pipeline) -> APIRouter:
         examples={"text": {"prompt": "The irrigation pump keeps the pressure", "max_tokens": 16}},
         stream="Completion objects with object `text_completion`, then `data: [DONE]`",
         events=(Completion, ErrorResponse)))
-    async def completions(request: Request) -> Any:
+    async def completions(request: Request, who: Principal = p.access.requires("query")) -> Any:
         """Raw text completion (no chat template, no retrieval); several prompts give several choices."""
         body = await http.read_json(request, CompletionRequest, max_body)
         model = oa.served_model(body.model, p.cfg.generator.model)
@@ -37,7 +38,7 @@ def router(p: Pipeline) -> APIRouter:
         rid = f"cmpl-{http.request_id(request)}"
         gens = [GenerationRequest(text=text, sampling=sampling, request_id=f"{rid}-{i}", prompt_param="prompt")
                 for i, text in enumerate(prompts)]
-        streams = [chunks for _, chunks in await asyncio.gather(*(p.start(g) for g in gens))]
+        streams = [chunks for _, chunks in await asyncio.gather(*(p.start(g, who) for g in gens))]
         head = {"id": rid, "created": int(time.time()), "model": model}
         echo = bool(body.echo)
         if body.stream:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from deployments.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from deployments.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, RagServeError
 from deployments.ingest import online
 from deployments.ingress import http
+from deployments.ingress.access import Access
+from deployments.ingress.auth import Principal
 from deployments.ingress.openapi import operation
 from deployments.ingress.pipeline import Pipeline
 from deployments.protocol.api import (
@@ -36,7 +40,7 @@ def router(p: Pipeline) -> APIRouter:
         body=DocumentsRequest, response=DocumentsResponse, errors=(400, 404, 409, 413),
         examples={"one document": {"documents": [{"id": "faq-1", "title": "Returns", "tags": ["faq"],
                                                   "text": "Items can be returned within 30 days."}]}}))
-    async def upsert_documents(request: Request) -> DocumentsResponse:
+    async def upsert_documents(request: Request, who: Principal = p.access.requires("write")) -> DocumentsResponse:
         """Upsert documents: chunked by the encoder's tokenizer, analysed by preprocess, embedded
         by the encoder and written by search, each document replaced whole."""
         body = await http.read_json(request, DocumentsRequest, max_body)
@@ -45,44 +49,65 @@ def router(p: Pipeline) -> APIRouter:
             raise PayloadTooLargeError(f"at most {limit} documents per request", param="documents")
         if len({d.id for d in body.documents}) != len(body.documents):
             raise InvalidRequestError("document ids must be unique within a request", param="documents")
-        collection = body.collection or default
-        results = await online.DocumentWriter(p).upsert(collection, body.documents)
-        return DocumentsResponse(collection=collection, results=results)
+        name = body.collection or default
+        with audited(request, who, f"{name}: {len(body.documents)} documents"):
+            results = await online.DocumentWriter(p).upsert(p.collection(who, name), body.documents)
+        return DocumentsResponse(collection=name, results=results)
 
     @r.delete("/v1/documents/{doc_id}", **operation(response=DocumentDeleted, errors=(400, 404)))
-    async def delete_document(doc_id: str, collection: str | None = None) -> DocumentDeleted:
+    async def delete_document(request: Request, doc_id: str, collection: str | None = None,
+                              who: Principal = p.access.requires("write")) -> DocumentDeleted:
         """Delete every chunk of a document (404 when it has none)."""
         path_param(doc_id, DOC_ID_PATTERN, "doc_id")
         name = path_param(collection, COLLECTION_PATTERN, "collection") if collection else default
-        n = await p.call(search.delete_document.remote(name, doc_id), "search")
-        if not n:
-            raise NotFoundError(f"document '{doc_id}' is not in collection '{name}'", param="doc_id")
+        with audited(request, who, f"{name}/{doc_id}"):
+            n = await p.call(search.delete_document.remote(p.collection(who, name), doc_id), "search")
+            if not n:
+                raise NotFoundError(f"document '{doc_id}' is not in collection '{name}'", param="doc_id")
         return DocumentDeleted(id=doc_id, collection=name, deleted_chunks=n)
 
     @r.get("/v1/collections", **operation(response=CollectionsResponse))
-    async def list_collections() -> CollectionsResponse:
-        """The ragserve collections with their row counts."""
+    async def list_collections(who: Principal = p.access.requires("query")) -> CollectionsResponse:
+        """The caller's tenant's collections with their row counts."""
         found = await p.call(search.collections.remote(), "search")
-        return CollectionsResponse(collections=[CollectionInfo(**c) for c in found], default=default)
+        mine = [CollectionInfo(name=n, rows=c["rows"]) for c in found if (n := who.visible(c["name"])) is not None]
+        return CollectionsResponse(collections=mine, default=default)
 
     created = operation(body=CollectionRequest, response=CollectionCreated, status=201, errors=(400, 409, 413))
     created["responses"][200] = {"model": CollectionCreated, "description": "It already existed."}
 
     @r.post("/v1/collections", **created)
-    async def create_collection(request: Request) -> JSONResponse:
+    async def create_collection(request: Request, who: Principal = p.access.requires("admin")) -> JSONResponse:
         """Create a collection (201), or confirm it exists (200)."""
         body = await http.read_json(request, CollectionRequest, max_body)
-        dim = (await p.call(p.handles["encoder"].info.remote(), "encoder"))["dim"]
-        created = await p.call(search.create_collection.remote(body.name, dim), "search")
-        out = CollectionCreated(name=body.name, created=created)
-        return JSONResponse(out.model_dump(), status_code=201 if created else 200)
+        with audited(request, who, body.name):
+            dim = (await p.call(p.handles["encoder"].info.remote(), "encoder"))["dim"]
+            made = await p.call(search.create_collection.remote(p.collection(who, body.name), dim), "search")
+        out = CollectionCreated(name=body.name, created=made)
+        return JSONResponse(out.model_dump(), status_code=201 if made else 200)
 
     @r.delete("/v1/collections/{name}", **operation(response=CollectionDropped, errors=(400, 404)))
-    async def drop_collection(name: str) -> CollectionDropped:
+    async def drop_collection(request: Request, name: str,
+                              who: Principal = p.access.requires("admin")) -> CollectionDropped:
         """Drop a collection and everything in it (404 when missing)."""
         path_param(name, COLLECTION_PATTERN, "name")
-        if not await p.call(search.drop_collection.remote(name), "search"):
-            raise NotFoundError(f"collection '{name}' does not exist", param="name")
+        with audited(request, who, name):
+            if not await p.call(search.drop_collection.remote(p.collection(who, name)), "search"):
+                raise NotFoundError(f"collection '{name}' does not exist", param="name")
         return CollectionDropped(name=name, dropped=True)
 
     return r
+
+
+@contextmanager
+def audited(request: Request, who: Principal, target: str) -> Iterator[None]:
+    """Audit a write or admin call with its outcome (the error's status when it fails)."""
+    try:
+        yield
+    except RagServeError as e:
+        Access.audit(request, who, target, e.status)
+        raise
+    except Exception:
+        Access.audit(request, who, target, 500)
+        raise
+    Access.audit(request, who, target, 200)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from deployments.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from deployments.ingress import http
 from deployments.ingress import openai_compat as oa
+from deployments.ingress.auth import Principal
 from deployments.ingress.openapi import operation
 from deployments.ingress.pipeline import Pipeline
 from deployments.protocol.openai import Embedding, EmbeddingsRequest, EmbeddingsResponse, Model, ModelList, UsageInfo
@@ -54,7 +55,7 @@ def router(p: Pipeline) -> APIRouter:
                                           errors=(400, 404, 413),
                                           examples={"texts": {"input": ["pump pressure", "error E-4471"],
                                                               "encoding_format": "float"}}))
-    async def embeddings(request: Request) -> EmbeddingsResponse:
+    async def embeddings(request: Request, who: Principal = p.access.requires("query")) -> EmbeddingsResponse:
         """Unit-length vectors from the deployed encoder; usage counts the encoder's own tokens."""
         body = await http.read_json(request, EmbeddingsRequest, max_body)
         model = oa.served_model(body.model, p.cfg.encoder.model)
@@ -70,12 +71,12 @@ def router(p: Pipeline) -> APIRouter:
                                   usage=UsageInfo(prompt_tokens=got.tokens, total_tokens=got.tokens))
 
     @r.get("/v1/models", **operation(response=ModelList, common=False))
-    async def list_models() -> ModelList:
+    async def list_models(who: Principal = p.access.requires("query")) -> ModelList:
         """The served models: the generator (chat, completions) and the encoder (embeddings)."""
         return ModelList(data=served())
 
     @r.get("/v1/models/{model:path}", **operation(response=Model, errors=(404,), common=False))
-    async def get_model(model: str) -> Model:
+    async def get_model(model: str, who: Principal = p.access.requires("query")) -> Model:
         """One served model (404 for any other id)."""
         for m in served():
             if m.id == model:

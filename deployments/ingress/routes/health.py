@@ -13,12 +13,12 @@ from deployments.protocol.api import Health, Readiness
 def router(p: Pipeline) -> APIRouter:
     r = APIRouter(tags=["health"])
 
-    @r.get("/healthz", **operation(response=Health, common=False))
+    @r.get("/healthz", **operation(response=Health, common=False, auth=False))
     async def healthz() -> Health:
         """Liveness: the ingress answers (it calls no stage)."""
         return Health()
 
-    readiness = operation(response=Readiness, common=False)
+    readiness = operation(response=Readiness, common=False, auth=False)
     readiness["responses"][503] = {"model": Readiness, "description": "A stage is not ready (each one's error)."}
 
     @r.get("/readyz", **readiness)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from deployments.errors import InvalidRequestError
 from deployments.generator import prompt
 from deployments.ingress import http
+from deployments.ingress.auth import Principal
 from deployments.ingress.openapi import operation
 from deployments.ingress.pipeline import Pipeline, Retrieval
 from deployments.protocol.api import (
@@ -37,10 +38,10 @@ def router(p: Pipeline) -> APIRouter:
     @r.post("/v1/retrieve", **operation(body=RetrieveRequest, response=RetrieveResponse, errors=(400, 404, 413),
                                         examples={"question": {"question": "Nimbus Vault error code E-4471",
                                                                "top_k": 3}}))
-    async def retrieve(request: Request) -> RetrieveResponse:
+    async def retrieve(request: Request, who: Principal = p.access.requires("query")) -> RetrieveResponse:
         """Preprocess + encode + search: the passages a question would be answered from."""
         body = await http.read_json(request, RetrieveRequest, max_body)
-        got = await p.retrieve(body.question, body, tuple(body.history or ()))
+        got = await p.retrieve(body.question, body, tuple(body.history or ()), who)
         return RetrieveResponse(sources=Source.numbered(got.result.hits), mode=got.result.mode,
                                 query_tokens=list(got.prepared.tokens), search_query=got.search_query)
 
@@ -49,17 +50,17 @@ def router(p: Pipeline) -> APIRouter:
                                      "`event: done` (QueryDoneEvent), or `event: error` (ErrorResponse)",
                                      events=(QuerySourcesEvent, DeltaEvent, QueryDoneEvent, ErrorResponse),
                                      examples=QUERY_EXAMPLES))
-    async def query(request: Request) -> Any:
+    async def query(request: Request, who: Principal = p.access.requires("query")) -> Any:
         """Answer a question from retrieved passages, citing them; ``stream`` gives SSE."""
         body = await http.read_json(request, QueryRequest, max_body)
         sampling = p.sampling(body)
         history = tuple(body.history or ())
-        got = await p.retrieve(body.question, body, history)
+        got = await p.retrieve(body.question, body, history, who)
         # The caller's own text that can overflow the context: a question is capped by preprocess
         # (max_query_chars) to fit, so with earlier turns it is the history that does not.
         gen = GenerationRequest(rag=p.rag_prompt(body.question, got.result.hits, history), sampling=sampling,
                                 request_id=http.request_id(request), prompt_param="history" if history else "question")
-        context, chunks = await p.start(gen)
+        context, chunks = await p.start(gen, who)
         if body.stream:
             return http.stream(_query_events(p, gen.request_id, got, context, chunks))
         out = await p.collect(chunks)
@@ -73,7 +74,7 @@ def router(p: Pipeline) -> APIRouter:
     @r.post("/v1/generate", **operation(body=GenerateRequest, response=GenerateResponse, errors=(400, 413),
                                         stream="`data: {\"delta\"}`..., `event: done` (GenerateDoneEvent)",
                                         events=(DeltaEvent, GenerateDoneEvent, ErrorResponse)))
-    async def generate(request: Request) -> Any:
+    async def generate(request: Request, who: Principal = p.access.requires("query")) -> Any:
         """The generator alone: the prompt goes to the model as is, without retrieval."""
         body = await http.read_json(request, GenerateRequest, max_body)
         if not body.prompt.strip():
@@ -82,7 +83,7 @@ def router(p: Pipeline) -> APIRouter:
             ChatMessage(role="user", content=body.prompt)]
         gen = GenerationRequest(messages=tuple(messages), sampling=p.sampling(body),
                                 request_id=http.request_id(request), prompt_param="prompt")
-        _, chunks = await p.start(gen)
+        _, chunks = await p.start(gen, who)
         if body.stream:
             return http.stream(_generate_events(chunks))
         out = await p.collect(chunks)
