@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.routing import Match
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -204,9 +205,24 @@ class IngressMiddleware:
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI/Starlette-level errors (e.g. 404 route, 405 method) in the one error shape."""
+    """FastAPI/Starlette-level errors (e.g. 404 route, 405 method) in the one error shape, with
+    the exception's own headers (a 405 must say ``Allow``, RFC 9110 15.5.6)."""
     status = getattr(exc, "status_code", 500)
-    return JSONResponse(error_body(str(getattr(exc, "detail", exc)), "invalid_request_error", status), status)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 405:
+        headers["allow"] = ", ".join(allowed_methods(request))
+    return JSONResponse(error_body(str(getattr(exc, "detail", exc)), "invalid_request_error", status), status,
+                        headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's own ``Allow`` names only
+    the first route matching the path, and GET and POST /v1/collections are two routes."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def request_validation_handler(request: Request, exc: Exception) -> JSONResponse:

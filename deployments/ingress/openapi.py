@@ -65,7 +65,7 @@ def operation(*, body: type[BaseModel] | None = None, response: type[BaseModel] 
     if stream:
         refs = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in events]
         responses[status] = {"description": f"JSON, or with `stream: true` server-sent events: {stream}",
-                             "content": {SSE: {"schema": {"type": "string", "x-event-data": refs}}}}
+                             "content": {SSE: {"schema": sse_event(refs)}}}
         _MODELS.update({m.__name__: m for m in events})
     extra: dict[str, Any] = {}
     if body is not None:
@@ -76,6 +76,17 @@ def operation(*, body: type[BaseModel] | None = None, response: type[BaseModel] 
                  "x-body-model": body.__name__}
         _MODELS[body.__name__] = body
     return {"response_model": response, "status_code": status, "responses": responses, "openapi_extra": extra}
+
+
+def sse_event(refs: list[dict[str, str]]) -> dict[str, Any]:
+    """One server-sent event, as OpenAPI before 3.2 describes a stream (the schema of each event):
+    an optional ``event`` name and ``data`` holding JSON of one of ``refs`` (or the OpenAI
+    stream's closing ``[DONE]``)."""
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string"},
+        "data": {"anyOf": [{"const": "[DONE]"},
+                           {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": {"anyOf": refs}}]}}}
 
 
 #: Models the document references that FastAPI does not know of: request bodies and event payloads.

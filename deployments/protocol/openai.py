@@ -35,7 +35,7 @@ class OpenAIRequest(BaseModel):
 
 # --------------------------------------------------------------------------- messages
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
@@ -56,7 +56,7 @@ class FilePart(BaseModel):
 
 
 class RefusalPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["refusal"]
     refusal: str
 
@@ -69,7 +69,7 @@ class ChatCompletionMessage(BaseModel):
     """A message of any OpenAI role; :mod:`deployments.ingress.openai` turns it into text or a
     400 naming what the served model cannot take (images, audio, files, tool results)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = Field(None, description="Text, or text parts.")
     name: str | None = Field(None, description=IGNORED + "participant names are not passed to the model.")
@@ -81,13 +81,13 @@ class ChatCompletionMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool | None = Field(None, description="Send a usage chunk (empty choices) before [DONE].")
     include_obfuscation: bool | None = Field(None, description=IGNORED + "no obfuscation padding is sent.")
 
 
 class JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
     name: str
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
@@ -95,7 +95,7 @@ class JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -280,11 +280,21 @@ class Completion(BaseModel):
 
 
 # --------------------------------------------------------------------------- embeddings and models
+#: Most texts one embeddings request may carry (more is a 413).
+MAX_EMBED_INPUTS = 256
+
+
 class EmbeddingsRequest(OpenAIRequest):
     """``POST /v1/embeddings``."""
 
     input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="Text or texts (token arrays are a 400: the served encoder has its own tokenizer).")
+        description="Text or texts (token arrays are a 400: the served encoder has its own tokenizer).",
+        # What is served, documented as such: the token-array forms are parsed only to answer them
+        # with a 400 that says why (OpenAI's own type allows them).
+        json_schema_extra={"anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+             "maxItems": MAX_EMBED_INPUTS}]})
     model: str | None = Field(None, description="A served model id; default: the encoder.")
     encoding_format: Literal["float", "base64"] | None = Field(
         None, description="Honoured: float arrays, or base64 of little-endian float32 (the client's default).")

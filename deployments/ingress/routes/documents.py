@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from deployments.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, RagServeError
@@ -21,13 +21,6 @@ from deployments.protocol.api import (
     DocumentsRequest, DocumentsResponse,
 )
 from deployments.protocol.types import COLLECTION_PATTERN, DOC_ID_PATTERN
-
-
-def path_param(value: str, pattern: str, name: str) -> str:
-    """A path or query parameter checked against its pattern (400 naming it otherwise)."""
-    if not re.fullmatch(pattern, value):
-        raise InvalidRequestError(f"invalid {name} {value[:80]!r} (must match {pattern})", param=name)
-    return value
 
 
 def router(p: Pipeline) -> APIRouter:
@@ -55,11 +48,11 @@ def router(p: Pipeline) -> APIRouter:
         return DocumentsResponse(collection=name, results=results)
 
     @r.delete("/v1/documents/{doc_id}", **operation(response=DocumentDeleted, errors=(400, 404)))
-    async def delete_document(request: Request, doc_id: str, collection: str | None = None,
+    async def delete_document(request: Request, doc_id: Annotated[str, Path(pattern=DOC_ID_PATTERN)],
+                              collection: Annotated[str | None, Query(pattern=COLLECTION_PATTERN)] = None,
                               who: Principal = p.access.requires("write")) -> DocumentDeleted:
         """Delete every chunk of a document (404 when it has none)."""
-        path_param(doc_id, DOC_ID_PATTERN, "doc_id")
-        name = path_param(collection, COLLECTION_PATTERN, "collection") if collection else default
+        name = collection or default
         with audited(request, who, f"{name}/{doc_id}"):
             n = await p.call(search.delete_document.remote(p.collection(who, name), doc_id), "search")
             if not n:
@@ -87,10 +80,9 @@ def router(p: Pipeline) -> APIRouter:
         return JSONResponse(out.model_dump(), status_code=201 if made else 200)
 
     @r.delete("/v1/collections/{name}", **operation(response=CollectionDropped, errors=(400, 404)))
-    async def drop_collection(request: Request, name: str,
+    async def drop_collection(request: Request, name: Annotated[str, Path(pattern=COLLECTION_PATTERN)],
                               who: Principal = p.access.requires("admin")) -> CollectionDropped:
         """Drop a collection and everything in it (404 when missing)."""
-        path_param(name, COLLECTION_PATTERN, "name")
         with audited(request, who, name):
             if not await p.call(search.drop_collection.remote(p.collection(who, name)), "search"):
                 raise NotFoundError(f"collection '{name}' does not exist", param="name")

@@ -14,9 +14,10 @@ from deployments.ingress import openai_compat as oa
 from deployments.ingress.auth import Principal
 from deployments.ingress.openapi import operation
 from deployments.ingress.pipeline import Pipeline
-from deployments.protocol.openai import Embedding, EmbeddingsRequest, EmbeddingsResponse, Model, ModelList, UsageInfo
+from deployments.protocol.openai import (
+    MAX_EMBED_INPUTS, Embedding, EmbeddingsRequest, EmbeddingsResponse, Model, ModelList, UsageInfo,
+)
 
-MAX_EMBED_INPUTS = 256
 
 
 def b64_float32(vector: tuple[float, ...]) -> str:

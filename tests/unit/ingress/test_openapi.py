@@ -74,7 +74,10 @@ def test_main_routes_have_examples_for_the_playground() -> None:
 
 def test_streamed_routes_document_their_events() -> None:
     sse = DOC["paths"]["/v1/query"]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
-    assert {r["$ref"].rsplit("/", 1)[1] for r in sse["x-event-data"]} >= {"QuerySourcesEvent", "QueryDoneEvent"}
+    data = sse["properties"]["data"]["anyOf"][1]
+    assert data["contentMediaType"] == "application/json"
+    assert {r["$ref"].rsplit("/", 1)[1] for r in data["contentSchema"]["anyOf"]} >= {"QuerySourcesEvent",
+                                                                                     "QueryDoneEvent"}
 
 
 def test_the_committed_document_is_current() -> None:
