@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from deployments.envs import env
 from deployments.evaluation import conversational, dataset, runner
 
 
@@ -33,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("eval", help="retrieval quality (recall@k, MRR, nDCG@10) and answer grounding")
     s.add_argument("--url", help="ragserve base URL; default: start the local stack (like `demo`) and "
                    "stop it after")
+    s.add_argument("--api-key", default=None,
+                   help="API key for a server with keys (default: $RAGSERVE_API_KEY); needs query, write and admin "
+                   "scopes (it creates the collection and loads the passages)")
     s.add_argument("--collection", default="eval",
                    help="collection the passages are loaded into (created if absent)")
     s.add_argument("--data", type=Path, help="directory with passages.*.jsonl, questions.*.jsonl and "
@@ -70,7 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"note: no conversations.*.jsonl in {evalset.directory}: no conversations scored", file=sys.stderr)
     opts = runner.EvalOptions(collection=args.collection, modes=_flat(args.modes), top_k=args.top_k,
                               generate=args.generate, max_tokens=args.max_tokens,
-                              concurrency=args.concurrency, condense=condense)
+                              concurrency=args.concurrency, condense=condense,
+                              api_key=args.api_key or env("RAGSERVE_API_KEY"))
     try:
         if args.url:
             report = runner.run_sync(args.url, evalset, opts)

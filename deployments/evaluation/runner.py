@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class EvalOptions:
     # condense modes scored on the conversations (plus "reference"); empty skips them
     condense: tuple[str, ...] = conversational.ROWS
     batch_size: int = 64  # documents per POST /v1/documents (the API takes at most 64)
+    api_key: str | None = field(default=None, repr=False)  # sent as a bearer token; never in the report
     timeout_s: float = 180.0
     retries: int = 2
 
@@ -157,7 +158,8 @@ async def run(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions(),
         raise ValueError(f"modes must be a non-empty subset of {MODES}, got {opts.modes}")
     conversational.check_rows(opts.condense)
     qs = evalset.questions
-    async with httpx.AsyncClient(base_url=url, timeout=opts.timeout_s, transport=transport) as client:
+    headers = {"authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+    async with httpx.AsyncClient(base_url=url, timeout=opts.timeout_s, transport=transport, headers=headers) as client:
         loaded = await load_passages(client, evalset, opts)
         per_q: list[dict[str, Any]] = [{"id": q.id, "lang": q.lang, "type": q.type, "relevant": q.relevant,
                                         "ranked": {}, "scores": {}} for q in qs]
@@ -177,7 +179,7 @@ async def run(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions(),
                 client, evalset.conversations, opts.condense, collection=opts.collection, top_k=opts.top_k,
                 concurrency=opts.concurrency, retries=opts.retries)
         ground = await grounding(client, qs, opts) if opts.generate > 0 else None
-    config = {"url": url, "data": str(evalset.directory), **asdict(opts),
+    config = {"url": url, "data": str(evalset.directory), **{k: v for k, v in asdict(opts).items() if k != "api_key"},
               "passages": len(evalset.passages), "questions": len(qs),
               "conversations": len(evalset.conversations)}
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": config,
