@@ -26,28 +26,31 @@ QUESTIONS = ("What is the maximum water pressure of the VX-220 pump?", "What doe
              "How long is the warranty?", "设备的保修期是多久？")
 
 
-async def victim(client: httpx.AsyncClient, key: str, n: int) -> list[float]:
+def body(i: int, collection: str | None) -> dict[str, Any]:
+    return {"question": QUESTIONS[i % len(QUESTIONS)], "top_k": 5} | ({"collection": collection} if collection else {})
+
+
+async def victim(client: httpx.AsyncClient, key: str, n: int, collection: str | None = None) -> list[float]:
     """``n`` sequential retrievals; their latencies in ms (a failure stops the run)."""
     out = []
     for i in range(n):
         t = time.perf_counter()
-        r = await client.post("/v1/retrieve", json={"question": QUESTIONS[i % len(QUESTIONS)], "top_k": 5},
-                              headers={"authorization": f"Bearer {key}"})
+        r = await client.post("/v1/retrieve", json=body(i, collection), headers={"authorization": f"Bearer {key}"})
         if r.status_code != 200:
             raise SystemExit(f"the victim key got {r.status_code}: {r.text[:300]}")
         out.append((time.perf_counter() - t) * 1000)
     return out
 
 
-async def flood(client: httpx.AsyncClient, key: str, stop: asyncio.Event, connections: int) -> Counter[str]:
+async def flood(client: httpx.AsyncClient, key: str, stop: asyncio.Event, connections: int,
+                collection: str | None = None) -> Counter[str]:
     """Retrievals from ``connections`` loops until ``stop``: counts by status, and 429s without
     ``Retry-After``."""
     got: Counter[str] = Counter()
 
     async def loop(i: int) -> None:
         while not stop.is_set():
-            r = await client.post("/v1/retrieve", json={"question": QUESTIONS[i % len(QUESTIONS)], "top_k": 5},
-                                  headers={"authorization": f"Bearer {key}"})
+            r = await client.post("/v1/retrieve", json=body(i, collection), headers={"authorization": f"Bearer {key}"})
             got[str(r.status_code)] += 1
             if r.status_code == 429 and not r.headers.get("retry-after"):
                 got["429 without Retry-After"] += 1
@@ -60,20 +63,20 @@ def summary(ms: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 1), "p95_ms": round(percentile(ms, 95), 1)}
 
 
-async def run(url: str, key: str, noisy_key: str, n: int, connections: int,
+async def run(url: str, key: str, noisy_key: str, n: int, connections: int, collection: str | None = None,
               transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
     """The three phases (see the module docstring); ``transport`` replaces the network in tests."""
     limits = httpx.Limits(max_connections=connections + 4)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport) as client:
-        await victim(client, key, 3)  # warm-up
-        before = await victim(client, key, n)
+        await victim(client, key, 3, collection)  # warm-up
+        before = await victim(client, key, n, collection)
         stop = asyncio.Event()
-        noisy = asyncio.create_task(flood(client, noisy_key, stop, connections))
+        noisy = asyncio.create_task(flood(client, noisy_key, stop, connections, collection))
         await asyncio.sleep(1.0)  # let the flood start
-        during = await victim(client, key, n)
+        during = await victim(client, key, n, collection)
         stop.set()
         got = await noisy
-        after = await victim(client, key, n)
+        after = await victim(client, key, n, collection)
     quiet = (percentile(before, 50) + percentile(after, 50)) / 2
     return {"url": url, "connections": connections, "victim": {
                 "before": summary(before), "during": summary(during), "after": summary(after),
@@ -88,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noisy-key", required=True, help="a key with a low requests_per_s")
     p.add_argument("--requests", type=int, default=60, help="victim requests per phase")
     p.add_argument("--connections", type=int, default=16, help="the noisy key's concurrent connections")
+    p.add_argument("--collection", help="collection both keys search (default: the server's)")
     args = p.parse_args(argv)
-    report = asyncio.run(run(args.url, args.key, args.noisy_key, args.requests, args.connections))
+    report = asyncio.run(run(args.url, args.key, args.noisy_key, args.requests, args.connections, args.collection))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -19,7 +19,7 @@ def test_phases_and_the_noisy_keys_statuses_are_counted() -> None:
         seen["victim"] += 1
         return httpx.Response(200, json={"sources": []})
 
-    report = asyncio.run(isolation.run("http://test", "victim", "noisy", 5, 3, httpx.MockTransport(handler)))
+    report = asyncio.run(isolation.run("http://test", "victim", "noisy", 5, 3, transport=httpx.MockTransport(handler)))
     assert seen["victim"] == 3 + 5 * 3  # warm-up and three phases
     v = report["victim"]
     assert [v[p]["n"] for p in ("before", "during", "after")] == [5, 5, 5]
