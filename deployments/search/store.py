@@ -231,7 +231,7 @@ class ChunkStore:
     def _tombstone(self, chunk_id: str, doc_id: str, now: int) -> dict[str, Any]:
         return {"id": chunk_id, "doc_id": doc_id, "source": "", "title": "", "chunk_index": -1, "content_hash": "",
                 "doc_hash": "", "tags": [], "created_at": 0, "updated_at": now, "live": False, "text": "",
-                "lexical": "", "dense": [0.0] * self.dim}
+                "lexical": "", "dense": [0.0] * self.dim, "acl": []}
 
     def delete_document(self, doc_id: str) -> int:
         """Delete every chunk of a document (one request); returns how many there were."""

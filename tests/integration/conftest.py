@@ -84,6 +84,36 @@ def _ingest(cfg: AppConfig) -> None:
 
 
 @pytest.fixture(scope="session")
+def keyed_ingress(stack, tmp_path_factory: pytest.TempPathFactory):
+    """A function deploying another ingress with API keys, ``deploy(name, entries) -> keys file``:
+    Serve app ``name`` under ``/name``, calling the running app's stage deployments (the same
+    replicas), its keys file holding ``entries`` (re-read every 0.5 s). Removed at session end."""
+    from ray import serve
+
+    from deployments import keys, stages
+    from deployments.config import AuthConfig
+    from deployments.ingress.auth import KeysFile
+
+    deployed: list[str] = []
+
+    def deploy(name: str, entries: list) -> Path:
+        path = tmp_path_factory.mktemp(f"keys_{name}") / "keys.yaml"
+        keys.write(path, KeysFile(keys=entries))
+        auth = AuthConfig(mode="keys", keys_file=str(path), reload_interval_s=0.5)
+        cfg = stack.cfg.model_copy(update={"auth": auth})
+        handles = {s.name: serve.get_deployment_handle(s.name, app_name="ragserve") for s in stages.enabled(cfg)}
+        opts = stages.INGRESS.config(cfg).deployment.serve_options()
+        app = stages.INGRESS.deployment_class().options(name=f"{name}_ingress", **opts).bind(handles, cfg)
+        serve.run(app, name=name, route_prefix=f"/{name}")
+        deployed.append(name)
+        return path
+
+    yield deploy
+    for name in deployed:
+        serve.delete(name)
+
+
+@pytest.fixture(scope="session")
 def free_port():
     """A function returning a free TCP port on 127.0.0.1."""
     return _free_port

@@ -6,7 +6,9 @@ declares them (so every error is in the one shape). The served document is check
 committed one, so fuzzing the committed file is fuzzing what the app serves (and the operations
 are known at collection time, with no lazily loaded schema).
 
-Generated requests are confined, not weakened: writes and searches go to a ``fuzz`` collection
+The fuzzed app is a keyed ingress over the running stages, with a key of every scope of its own
+tenant (schemathesis also sends each operation without the key and expects the 401). Generated
+requests are confined, not weakened: writes and searches go to the tenant's ``fuzz`` collection
 (the shared sample collection stays intact for the other tests), and completion lengths are
 clamped so that a generated ``max_tokens: 1000`` costs seconds, not minutes, on a CPU.
 ``RAGSERVE_FUZZ_EXAMPLES`` sets examples per operation (default 12; the long run uses more).
@@ -17,11 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from deployments.ingress.auth import KeyEntry, hash_key, new_key
 from deployments.protocol.types import COLLECTION_PATTERN
 
 pytestmark = pytest.mark.integration
@@ -29,6 +34,8 @@ schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 
 FUZZ = "fuzz"
+#: The keyed ingress fuzzed (under ``/fuzzed``).
+APP = "fuzzed"
 EXAMPLES = int(os.environ.get("RAGSERVE_FUZZ_EXAMPLES", "12"))
 #: Generation lengths and fan-out kept small: each token costs ~0.1 s on a 2-core CPU.
 CLAMPS = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "top_logprobs": 2}
@@ -78,19 +85,31 @@ def valid_name(value: object) -> bool:
     return isinstance(value, str) and (value == "" or re.fullmatch(COLLECTION_PATTERN, value) is not None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fuzz_collection(stack):
-    stack.client.post("/v1/collections", json={"name": FUZZ})
-    yield
-    stack.client.delete(f"/v1/collections/{FUZZ}")
+@dataclass(frozen=True)
+class Fuzzed:
+    url: str
+    key: str
+
+
+@pytest.fixture(scope="module")
+def fuzzed(stack, keyed_ingress) -> Iterator[Fuzzed]:
+    """A keyed ingress (the document declares bearer keys; an open loopback server does not check
+    them) with one key of every scope, of its own tenant: whatever the fuzz writes stays there."""
+    key, key_id = new_key()
+    keyed_ingress(APP, [KeyEntry(id=key_id, hash=hash_key(key), tenant="fuzz", scopes=("query", "write", "admin"))])
+    f = Fuzzed(f"{stack.url}/{APP}", key)
+    headers = {"authorization": f"Bearer {key}"}
+    httpx.post(f"{f.url}/v1/collections", json={"name": FUZZ}, headers=headers, timeout=60)
+    yield f
+    httpx.delete(f"{f.url}/v1/collections/{FUZZ}", headers=headers, timeout=60)
 
 
 @schema.parametrize()
 @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                      suppress_health_check=list(hypothesis.HealthCheck))
-def test_every_operation_conforms_to_the_document(case, stack) -> None:
+def test_every_operation_conforms_to_the_document(case, fuzzed: Fuzzed) -> None:
     confine(case)
-    case.call_and_validate(base_url=stack.url, timeout=120)
+    case.call_and_validate(base_url=fuzzed.url, headers={"authorization": f"Bearer {fuzzed.key}"}, timeout=120)
 
 
 def test_the_served_document_is_the_committed_one(served_document: dict) -> None:

@@ -1,7 +1,8 @@
 """Nobody gets in where they don't belong: API keys, tenants and document ACLs on the live app.
 
-A second ingress with API keys (app ``secure`` under ``/secure``) is deployed on the running
-stack, over the same stage deployments, so the real encoder, Milvus and vLLM answer. Two tenants
+A second ingress with API keys (app ``secure`` under ``/secure``, the ``keyed_ingress``
+fixture) is deployed on the running stack, over the same stage deployments, so the real
+encoder, Milvus and vLLM answer. Two tenants
 (``acme`` and ``globex``) each hold a collection ``kb`` about the same turbine; acme's has a
 document readable only by the ``eng`` group. Every passage carries a unique marker word, and
 every response body (JSON, server-sent events, answers) is scanned for the markers of passages
@@ -23,8 +24,6 @@ import httpx
 import pytest
 
 from deployments import keys as keyfile
-from deployments import stages
-from deployments.config import AuthConfig
 from deployments.ingress.auth import KeyEntry, KeysFile, Limits, hash_key, new_key
 
 pytestmark = pytest.mark.integration
@@ -39,17 +38,18 @@ class Doc:
     id: str
     marker: str
     acl: tuple[str, ...] | None = None
+    topic: str = "service code"
 
     def body(self) -> dict:
-        text = (f"The Kestrel turbine service code is {self.marker}. Technicians enter the Kestrel turbine "
-                f"service code {self.marker} on the control panel before opening the nacelle.")
+        text = (f"The Kestrel turbine {self.topic} is {self.marker}. Technicians enter the Kestrel turbine "
+                f"{self.topic} {self.marker} on the control panel before opening the nacelle.")
         doc = {"id": self.id, "title": "Kestrel turbine service code", "text": text}
         return doc | ({"acl": list(self.acl)} if self.acl is not None else {})
 
 
 DOCS = (
     Doc("acme", "turbine-public", "zorblaxacme"),
-    Doc("acme", "turbine-eng", "quintaracme", acl=("eng",)),
+    Doc("acme", "turbine-eng", "quintaracme", acl=("eng",), topic="emergency override code"),
     Doc("acme", "shared-id", "vellumacme"),
     Doc("globex", "turbine-public", "frobnitzglobex"),
     Doc("globex", "shared-id", "mirthglobex"),
@@ -119,23 +119,14 @@ def write_keys(path: Path, entries: list[KeyEntry]) -> None:
 
 
 @pytest.fixture(scope="module")
-def secure(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
-    from ray import serve
-
+def secure(stack, keyed_ingress) -> Iterator[Secure]:
     tokens, ids, entries = {}, {}, []
     for k in KEYS:
         token, key_id = new_key()
         tokens[k.name], ids[k.name] = token, key_id
         entries.append(KeyEntry(id=key_id, hash=hash_key(token), tenant=k.tenant, scopes=k.scopes, groups=k.groups,
                                 limits=k.limits))
-    path = tmp_path_factory.mktemp("auth") / "keys.yaml"
-    write_keys(path, entries)
-    cfg = stack.cfg.model_copy(update={"auth": AuthConfig(mode="keys", keys_file=str(path), reload_interval_s=0.5)})
-    # The keyed ingress calls the running app's stage deployments (the same replicas).
-    handles = {s.name: serve.get_deployment_handle(s.name, app_name="ragserve") for s in stages.enabled(cfg)}
-    opts = stages.INGRESS.config(cfg).deployment.serve_options()
-    app = stages.INGRESS.deployment_class().options(name="secure_ingress", **opts).bind(handles, cfg)
-    serve.run(app, name="secure", route_prefix=PREFIX)
+    path = keyed_ingress(PREFIX.strip("/"), entries)
     sec = Secure(stack.url, tokens, ids, path, httpx.Client(base_url=stack.url, timeout=180))
     try:
         for tenant_admin in ("acme_admin", "globex_admin"):
@@ -150,7 +141,6 @@ def secure(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
         for tenant_admin in ("acme_admin", "globex_admin"):
             sec.call(tenant_admin, "DELETE", f"/v1/collections/{KB}")
         sec.client.close()
-        serve.delete("secure")
 
 
 def markers(text: str) -> set[str]:
@@ -174,12 +164,16 @@ def test_each_tenant_retrieves_its_own_passages_only(secure: Secure) -> None:
 
 
 def test_document_acl_is_enforced_inside_retrieval(secure: Secure) -> None:
-    """acme_reader lacks the eng group: the restricted passage is not ranked at all, so top_k=1
-    on a question naming its marker still returns only what the reader may see."""
-    r = retrieve(secure, "acme_reader", question="quintaracme Kestrel turbine service code", top_k=1)
-    assert r.status_code == 200 and markers(r.text) <= {"zorblaxacme", "vellumacme"}, r.text
-    r = retrieve(secure, "acme_eng", question="quintaracme Kestrel turbine service code", top_k=1)
+    """acme_reader lacks the eng group. Searched lexically for words only the restricted passage
+    has, the eng member gets that passage first; the reader gets ``top_k`` passages it may see, a
+    full page: the restricted one was never ranked (filtering after retrieval would return fewer).
+    (No marker word in a question: responses echo the searched text, and every body is scanned.)"""
+    question = "Kestrel turbine emergency override code"
+    r = retrieve(secure, "acme_eng", question=question, top_k=1, mode="lexical")
     assert r.status_code == 200 and markers(r.text) == {"quintaracme"}, r.text
+    r = retrieve(secure, "acme_reader", question=question, top_k=2, mode="lexical")
+    assert r.status_code == 200 and len(r.json()["sources"]) == 2, r.text
+    assert markers(r.text) == {"zorblaxacme", "vellumacme"}, r.text
 
 
 @pytest.mark.parametrize("collection", ["acme__kb", "acme", "kb__acme", "ragserve", "it_sample"])
@@ -272,12 +266,12 @@ def operations(secure: Secure) -> list[tuple[str, str]]:
 BAD_AUTH = {
     "none": None,
     "empty": b"",
-    "bearer without key": b"Bearer ",
+    "scheme without key": b"Bearer",
     "wrong scheme": b"Basic dXNlcjpwYXNz",
     "huge": b"Bearer rsk_0123abcd_" + b"A" * 7000,
     "non-ascii": "Bearer rsk_0123abcd_ключ".encode(),
     "well-formed unknown": ("Bearer " + new_key()[0]).encode(),
-    "lowercase scheme, padded": b"bearer    rsk_0123abcd_x  ",
+    "lowercase scheme, padded": b"bearer    rsk_0123abcd_x",
 }
 
 
