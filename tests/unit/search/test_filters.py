@@ -465,6 +465,8 @@ class FakeClient:
 
 
 #: Every field of a chunk row (the collection schema less the BM25 output ``sparse``).
+#: Every field a written row carries: Milvus rejects an upsert whose row misses one (a tombstone
+#: without ``acl`` once failed every document replace).
 ROW_FIELDS = {
     "id",
     "doc_id",
@@ -480,6 +482,7 @@ ROW_FIELDS = {
     "text",
     "lexical",
     "dense",
+    "acl",
 }
 
 

@@ -21,7 +21,7 @@ import yaml
 from deployments.render import k8s as render
 from deployments.render.capacity import plan_groups
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 LAUNCHER = REPO / "cluster" / "launcher" / "ragserve.yaml"
 PROD = REPO / "cluster" / "serve_config.prod.yaml"

@@ -19,7 +19,7 @@ from deployments import localcluster as lc
 from deployments import stages
 from deployments.config import parse_app_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_node_port_blocks_are_disjoint_and_head_only_ports_on_the_head() -> None:
