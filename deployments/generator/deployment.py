@@ -24,7 +24,7 @@ from ray import serve
 
 from deployments import metrics, models
 from deployments.config import GeneratorConfig
-from deployments.errors import DependencyTimeoutError, DependencyUnavailableError
+from deployments.errors import DependencyTimeoutError, DependencyUnavailableError, InvalidRequestError
 from deployments.generator import hardware, packing
 from deployments.generator.admission import PrefillQueue
 from deployments.protocol.stages import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
@@ -207,6 +207,7 @@ class Generator:
     async def _stream(self, ids: list[int], params: Any, request_id: str,
                       logprobs: int | None) -> AsyncIterator[tuple[GenerationChunk, float | None]]:
         """Engine outputs as chunks, each with the time to first token once it is known."""
+        from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         start = time.perf_counter()
@@ -235,6 +236,9 @@ class Generator:
             ) from None
         except (EngineDeadError, EngineGenerateError) as e:
             raise DependencyUnavailableError(f"generator engine failed: {e}") from None
+        except VLLMValidationError as e:
+            # The engine refused the request's own parameters (the ingress checks what it knows of).
+            raise InvalidRequestError(f"the engine refused the request: {e}", param=e.parameter) from None
 
     def _record_done(self, start: float, first: float | None, n_prompt: int, n_out: int) -> None:
         metrics.observe("rag_generator_prompt_tokens", n_prompt)

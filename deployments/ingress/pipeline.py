@@ -91,6 +91,10 @@ class Metered:
         self.close()
 
 
+#: Temperature of a request for several choices that sets none, when the default is greedy (OpenAI's default).
+N_CHOICES_TEMPERATURE = 1.0
+
+
 class Pipeline:
     """The stages behind the ingress, by registry name (``deployments.stages``).
 
@@ -194,6 +198,13 @@ class Pipeline:
         d = self.cfg.generator.sampling
         if max_tokens is not None and max_tokens > d.max_tokens_limit:
             raise InvalidRequestError(f"{param} must be <= {d.max_tokens_limit}", param=param)
+        if extra.get("n", 1) > 1:
+            if temperature == 0:
+                raise InvalidRequestError("n > 1 needs a temperature above 0: greedy decoding has one answer",
+                                          param="n")
+            # Several choices of a greedy server default would be one answer n times (vLLM refuses
+            # it): without the caller's own temperature, sample at OpenAI's default instead.
+            temperature = N_CHOICES_TEMPERATURE if temperature is None and d.temperature == 0 else temperature
         return SamplingParams(
             max_tokens=max_tokens or d.max_tokens, max_tokens_is_default=max_tokens is None,
             temperature=d.temperature if temperature is None else temperature,

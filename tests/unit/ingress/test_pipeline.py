@@ -95,3 +95,18 @@ def test_empty_stream_ends_cleanly() -> None:
         return context, await drain(rest)
 
     assert asyncio.run(main()) == (None, [])
+
+
+def test_several_choices_sample_unless_the_caller_asked_for_greedy() -> None:
+    """The server's greedy default would make n answers one answer n times (and vLLM refuses n > 1
+    greedy): without the caller's temperature it samples; a caller's explicit 0 is their 400."""
+    from deployments.errors import InvalidRequestError
+    from deployments.ingress.pipeline import N_CHOICES_TEMPERATURE
+
+    p = Pipeline({}, parse_app_config({"generator": {"sampling": {"temperature": 0.0}}}))
+    assert p.sampling_of(8, None, None, (), None, n=2).temperature == N_CHOICES_TEMPERATURE
+    assert p.sampling_of(8, 0.3, None, (), None, n=2).temperature == 0.3
+    assert p.sampling_of(8, None, None, (), None).temperature == 0.0
+    with pytest.raises(InvalidRequestError) as e:
+        p.sampling_of(8, 0.0, None, (), None, n=2)
+    assert e.value.param == "n"
