@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.protocol.stages import Hit, Mode, PackedContext
 from deployments.protocol.types import (
-    MAX_GROUPS, MAX_TAGS, ChatMessage, CollectionName, DocId, Filter, Group, Request, Tag, epoch_seconds, int_is_float,
+    MAX_GROUPS, MAX_TAGS, TIMESTAMP_SCHEMA, ChatMessage, CollectionName, DocId, Filter, Group, Request, StopString, Tag,
+    epoch_seconds, int_is_float,
 )
 
 Condense = Literal["rewrite", "join", "last"]
@@ -42,7 +43,7 @@ class SamplingFields(Request):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
     temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
-    stop: list[str] | None = Field(None, max_length=8, description="Stop strings.")
+    stop: list[StopString] | None = Field(None, max_length=8, description="Stop strings.")
     seed: int | None = Field(None, description="Sampling seed.")
 
     @field_validator("temperature", "top_p", mode="before")
@@ -197,7 +198,8 @@ class DocumentIn(Request):
     title: str = Field("", max_length=1024)
     source: str = Field("", max_length=2048, description="Where it came from (default: the id).")
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
-    created_at: int | str | None = Field(None, description="ISO 8601 or epoch seconds.")
+    created_at: int | str | None = Field(None, description="ISO 8601 or epoch seconds.",
+                                        json_schema_extra=TIMESTAMP_SCHEMA)
     acl: list[Group] = Field(default_factory=list, max_length=MAX_GROUPS,
                              description="Groups that may read it (API keys list their groups); empty: every key of "
                              "the tenant.")

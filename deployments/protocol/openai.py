@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.protocol.api import Condense, SearchQuery, Source
 from deployments.protocol.stages import Mode, PackedContext
-from deployments.protocol.types import CollectionName, Filter, int_is_float
+from deployments.protocol.types import CollectionName, Filter, StopString, int_is_float
 
 IGNORED = "Accepted and ignored: "
 MAX_N = 4  # completions per request the engine is asked for (each costs a full decode)
@@ -121,7 +121,7 @@ class SamplingOptions(OpenAIRequest):
                                               "tokenizer -> bias in [-100, 100].")
     n: int | None = Field(None, ge=1, le=MAX_N, description=f"Honoured, up to {MAX_N}.")
     seed: int | None = Field(None, description="Honoured (reproducible sampling).")
-    stop: str | list[str] | None = Field(None, description="Honoured, up to 8 strings.")
+    stop: StopString | list[StopString] | None = Field(None, description="Honoured, up to 8 strings.")
     stream: bool | None = Field(None, description="Honoured: server-sent events ending with data: [DONE].")
     stream_options: StreamOptions | None = Field(None, description="Honoured: include_usage.")
     temperature: float | None = Field(None, ge=0, le=2, description="Honoured.")

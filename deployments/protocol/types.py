@@ -39,12 +39,22 @@ def is_default_collection(stored: str, default: str) -> bool:
     return stored == default or stored.endswith(f"{TENANT_SEP}{default}")
 
 
+#: Milvus stores INT64: the epoch seconds a timestamp may be (exclusive bounds).
+MAX_EPOCH = 2**62
+#: How a timestamp field is documented: what :func:`epoch_seconds` takes.
+TIMESTAMP_SCHEMA = {"anyOf": [{"type": "integer", "exclusiveMinimum": -MAX_EPOCH, "exclusiveMaximum": MAX_EPOCH},
+                              {"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
+                              {"type": "null"}]}
+#: A stop string (an empty one would stop before the first token; vLLM refuses it).
+StopString = Annotated[str, StringConstraints(min_length=1)]
+
+
 def epoch_seconds(value: int | str | None) -> int:
     """An ISO 8601 date/datetime (UTC when no zone is given) or epoch seconds, as epoch seconds."""
     if value is None:
         return 0
     if isinstance(value, int):
-        if not -(2**62) < value < 2**62:  # Milvus stores INT64
+        if not -MAX_EPOCH < value < MAX_EPOCH:
             raise ValueError(f"timestamp {value} is out of range")
         return value
     try:
@@ -90,10 +100,10 @@ class Filter(BaseModel):
     source_prefix: str | None = Field(None, min_length=1, max_length=2048, description="Sources starting with this.")
     tags_any: tuple[Tag, ...] | None = Field(None, min_length=1, max_length=MAX_TAGS, description="At least one tag.")
     tags_all: tuple[Tag, ...] | None = Field(None, min_length=1, max_length=MAX_TAGS, description="Every tag.")
-    created_after: int | str | None = Field(None, description="created_at >= this (ISO 8601 or epoch seconds).")
-    created_before: int | str | None = Field(None, description="created_at < this.")
-    updated_after: int | str | None = Field(None, description="Ingested (this version) at or after this.")
-    updated_before: int | str | None = Field(None, description="Ingested before this.")
+    created_after: int | str | None = Field(None, description="created_at >= this (ISO 8601 or epoch seconds).", json_schema_extra=TIMESTAMP_SCHEMA)
+    created_before: int | str | None = Field(None, description="created_at < this.", json_schema_extra=TIMESTAMP_SCHEMA)
+    updated_after: int | str | None = Field(None, description="Ingested (this version) at or after this.", json_schema_extra=TIMESTAMP_SCHEMA)
+    updated_before: int | str | None = Field(None, description="Ingested before this.", json_schema_extra=TIMESTAMP_SCHEMA)
 
     @field_validator("created_after", "created_before", "updated_after", "updated_before")
     @classmethod

@@ -65,8 +65,13 @@ def confine(case) -> None:
     negative case (a wrong type, a required field removed) stays negative."""
     if isinstance(case.body, dict):
         for key, limit in CLAMPS.items():
-            if isinstance(case.body.get(key), int) and not isinstance(case.body[key], bool):
-                case.body[key] = min(case.body[key], limit)
+            value = case.body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value <= maximum(case.path, key):
+                case.body[key] = min(value, limit)  # above the declared maximum it must stay a 400
+        if case.path == "/v1/embeddings":
+            # The served dimension is the encoder's (a runtime fact the static document cannot
+            # state): any other is a 400, tested in tests/integration/test_openai_clients.py.
+            case.body.pop("dimensions", None)
         if valid_name(case.body.get("collection", ABSENT)) and (
                 "collection" in case.body or case.path in ("/v1/retrieve", "/v1/query", "/v1/documents",
                                                          "/v1/chat/completions")):
@@ -82,6 +87,15 @@ def confine(case) -> None:
     if case.path.startswith("/v1/documents/") and isinstance(case.query, dict) and valid_name(
             case.query.get("collection", ABSENT)):
         case.query["collection"] = FUZZ
+
+
+def maximum(path: str, key: str) -> float:
+    """The ``maximum`` the document declares for a body field of the POST at ``path``."""
+    doc = json.loads(DOCUMENT.read_text(encoding="utf-8"))
+    ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    prop = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"].get(key, {})
+    found = [s["maximum"] for s in [prop, *prop.get("anyOf", [])] if "maximum" in s]
+    return min(found) if found else float("inf")
 
 
 #: A field the generated request does not have.
