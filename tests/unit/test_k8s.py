@@ -8,7 +8,9 @@ check, any-fit CPU bound checked against simulated packings); and every manifest
 ``k8s/base`` and each object of each ``kubectl kustomize`` build — against its schema, strictly:
 core kinds with ``kubernetes-validate``, custom resources (RayService, PodMonitor, ...) with
 ``jsonschema`` against their CRD's openAPIV3Schema made to reject unknown fields, plus references
-(Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build.
+(Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build; and on each
+applied build that the API keys Secret is mounted where the serve config's ``auth.keys_file``
+points (the check also shown to fail on a broken copy).
 
 CRD schemas come from ``<repo>/../shared/k8s-schemas`` and kustomize builds from ``kubectl``;
 tests needing either skip with a message when it is absent.
@@ -33,6 +35,7 @@ from deployments.config import DeploymentOptions, load_config, parse_app_config
 from deployments.errors import ConfigError
 from deployments.render import capacity
 from deployments.render import k8s as render
+from deployments.render.overlay import KEYS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,11 +174,35 @@ def _overlay(tmp_path: Path, **changes: Any) -> Path:
         ({"serve_overrides": {"http_options": {"host": "127.0.0.1"}}}, "http_options.host must be 0.0.0.0"),
         ({"serve_overrides": {"proxy_location": "HeadOnly"}}, "proxy_location must be EveryNode"),
         ({"serve_overrides": {"applications": []}}, "application_overrides"),
+        ({"args_overrides": {"auth": {"keys_file": "/tmp/keys.yaml"}}}, "args_overrides.auth.keys_file contradicts"),
+        ({"args_overrides": {"auth": {"mode": "off"}}}, "args_overrides.auth.mode contradicts"),
+        ({"kubernetes": {"api_keys": {"key": "../keys.yaml"}}}, "kubernetes.api_keys.key"),
     ],
 )
 def test_bad_overlays_are_rejected_by_name(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         render.merged_serve_config(_overlay(tmp_path, **changes), REPO)
+
+
+def test_api_keys_set_the_auth_config_and_only_mode_off_runs_without(tmp_path: Path) -> None:
+    path = _overlay(tmp_path, args_overrides={"auth": {"reload_interval_s": 30}})
+    serve, cfg, overlay = render.merged_serve_config(path, REPO)
+    assert overlay.kubernetes.api_keys is not None
+    assert (cfg.auth.mode, cfg.auth.keys_file, cfg.auth.reload_interval_s) == ("keys", overlay.kubernetes.api_keys.path, 30)
+    assert cfg.auth.keys_file == f"{KEYS_DIR}/keys.yaml" == "/etc/ragserve/keys/keys.yaml"
+    data = yaml.safe_load((REPO / ENVS["prod"].overlay).read_text())
+    data["kubernetes"]["api_keys"] = None  # no Secret: the app would be open on the pods' 0.0.0.0
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="refusing to serve on 0.0.0.0 without API keys.*kubernetes.api_keys"):
+        render.merged_serve_config(path, REPO)
+    data["args_overrides"]["auth"] = {"mode": "off"}  # open on purpose
+    path.write_text(yaml.safe_dump(data))
+    serve, cfg, overlay = render.merged_serve_config(path, REPO)
+    assert cfg.auth.open and overlay.kubernetes.api_keys is None
+    spec = render.rayservice_spec(serve, cfg, overlay.kubernetes, REPO)
+    head = spec["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert [v["name"] for v in head["volumes"]] == ["model-cache", "serve-config"]
+    assert all(m["name"] != "api-keys" for m in head["containers"][0]["volumeMounts"])
 
 
 # --------------------------------------------------------------------------- capacity
@@ -414,6 +441,12 @@ def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [doc["spec"]["template"]] if doc["kind"] in {"StatefulSet", "Deployment"} else []
 
 
+def _keys_secrets() -> set[str]:
+    """The API keys Secrets the environments mount (created by hand, so in no build)."""
+    return {o.kubernetes.api_keys.secret for o in (render.merged_serve_config(REPO / e.overlay, REPO)[2]
+                                                    for e in ENVS.values()) if o.kubernetes.api_keys}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_references_resolve_within_the_build(overlay: str) -> None:
     docs = _build(overlay)
@@ -427,6 +460,10 @@ def test_references_resolve_within_the_build(overlay: str) -> None:
                 assert ("ConfigMap", volume["configMap"]["name"]) in names
             if "persistentVolumeClaim" in volume:
                 assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
+            if "secret" in volume and not volume["secret"].get("optional"):
+                # The API keys Secret is made by hand (never committed): the one exception, see
+                # test_keys_secret_is_created_by_hand_as_the_readme_says.
+                assert volume["secret"]["secretName"] in {*secrets, *_keys_secrets()}, (overlay, volume)
         for container in template["spec"]["containers"]:
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -484,3 +521,82 @@ def test_validation_rejects_broken_core_and_monitoring_kinds() -> None:
     for doc in (statefulset, monitor):
         with pytest.raises(Exception, match="unexpected"):
             _validate(doc)
+
+
+# --------------------------------------------------------------------------- security
+#: The overlays one applies, and the environment each is rendered from.
+DEPLOYED = {"overlays/gpu-prod": "prod", "overlays/cpu-dev": "cpu-dev"}
+def _check_keys_mount(docs: list[dict[str, Any]], env_name: str) -> None:
+    """Raise AssertionError unless every Ray container reads the keys Secret where the config says."""
+    _, cfg, overlay = render.merged_serve_config(REPO / ENVS[env_name].overlay, REPO)
+    keys = overlay.kubernetes.api_keys
+    assert keys is not None and cfg.auth.mode == "keys"
+    rayservice = next(d for d in docs if d["kind"] == "RayService")
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ragserve-serve-config")
+    files = set()
+    for text in (rayservice["spec"]["serveConfigV2"], configmap["data"]["serve_config.yaml"]):
+        serve = yaml.safe_load(text)
+        auth = serve["applications"][0]["args"]["auth"]
+        assert auth["mode"] == "keys", auth
+        files.add(auth["keys_file"])
+    assert files == {cfg.auth.keys_file}, "serveConfigV2 and the ConfigMap name different keys files"
+    for template in _pod_specs(rayservice):
+        volumes = [v for v in template["spec"]["volumes"] if v.get("secret", {}).get("secretName") == keys.secret]
+        assert len(volumes) == 1, f"{template['metadata']['labels']}: no volume of Secret {keys.secret}"
+        secret = volumes[0]["secret"]
+        # The config needs the file: a missing Secret must stop the pod, not a replica later.
+        assert secret["optional"] is False, "the keys Secret is optional"
+        assert secret["defaultMode"] == 0o440
+        for container in template["spec"]["containers"]:
+            mounts = [m for m in container["volumeMounts"] if m["name"] == volumes[0]["name"]]
+            assert len(mounts) == 1 and mounts[0]["readOnly"] is True, container["name"]
+            assert "subPath" not in mounts[0], "a subPath mount never sees the Secret's updates"
+            paths = {f"{mounts[0]['mountPath']}/{item['path']}" for item in secret["items"] if item["key"] == keys.key}
+            assert paths == files, f"{container['name']} mounts {paths}, the config reads {files}"
+
+
+@pytest.mark.parametrize("overlay", sorted(DEPLOYED))
+def test_every_ray_container_reads_the_keys_secret_where_the_config_points(overlay: str) -> None:
+    _check_keys_mount(_build(overlay), DEPLOYED[overlay])
+
+
+def _ray_templates(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cluster = next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    return [g["template"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda docs: _ray_templates(docs)[1]["spec"]["containers"][0]["volumeMounts"][-1].update(
+            mountPath="/etc/keys"), "the config reads"),
+        (lambda docs: _ray_templates(docs)[0]["spec"]["volumes"][-1]["secret"].update(optional=True), "optional"),
+        (lambda docs: _ray_templates(docs)[-1]["spec"]["volumes"].pop(), "no volume"),
+        (lambda docs: _ray_templates(docs)[0]["spec"]["containers"][0]["volumeMounts"][-1].update(
+            subPath="keys.yaml"), "subPath"),
+    ],
+    ids=["mount-elsewhere", "optional-secret", "worker-without-secret", "subpath-mount"],
+)
+def test_keys_mount_check_catches_a_broken_mount(mutate: Any, message: str) -> None:
+    docs = json.loads(json.dumps(_build("overlays/gpu-prod")))
+    _check_keys_mount(docs, "prod")
+    mutate(docs)
+    with pytest.raises(AssertionError, match=message):
+        _check_keys_mount(docs, "prod")
+
+
+def test_keys_secret_is_created_by_hand_as_the_readme_says() -> None:
+    """The one reference the builds do not resolve: the keys Secret is never committed. The README's
+    commands create it with the Secret name and key the renderer mounts, with the real CLI's flags."""
+    from deployments.cli import parser
+
+    text = (REPO / "k8s/README.md").read_text(encoding="utf-8")
+    for env in ENVS.values():
+        keys = render.merged_serve_config(REPO / env.overlay, REPO)[2].kubernetes.api_keys
+        assert keys is not None
+        assert f"create secret generic {keys.secret} --from-file={keys.key}" in text
+    create = next(line.strip() for line in text.splitlines() if line.strip().startswith("ragserve keys create"))
+    args = parser().parse_args(create.split("#")[0].split()[1:])
+    assert args.file == Path(keys.key) and args.scopes and args.tenant
+    for overlay in DEPLOYED:
+        assert not [d for d in _build(overlay) if d["kind"] == "Secret" and d["metadata"]["name"] == keys.secret]
