@@ -134,6 +134,32 @@ class ApiKeys(_Strict):
         return f"{KEYS_DIR}/{self.key}"
 
 
+class Peer(_Strict):
+    """Pods allowed through a NetworkPolicy: labels, in one namespace or in any."""
+
+    namespace: str | None = Field(None, description="Their namespace (its kubernetes.io/metadata.name); None: any.")
+    pod_labels: dict[str, str] = Field(min_length=1, description="Labels the pods carry.")
+
+    def selector(self) -> dict[str, Any]:
+        """The NetworkPolicy peer (a pod selector within a namespace selector: both must match)."""
+        ns = {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}} if self.namespace else {}
+        return {"namespaceSelector": ns, "podSelector": {"matchLabels": dict(self.pod_labels)}}
+
+
+class NetworkOptions(_Strict):
+    """Who besides the Ray pods reaches them and Milvus (the rendered NetworkPolicies)."""
+
+    kuberay_operator: Peer = Field(
+        default_factory=lambda: Peer(pod_labels={"app.kubernetes.io/component": "kuberay-operator"}),
+        description="The KubeRay operator's pods: they deploy serveConfigV2 and read Serve's status through the "
+        "head's dashboard port. Default: the component label both KubeRay's Helm chart and its kustomize "
+        "manifests set, in any namespace; name the operator's namespace to narrow it.")
+    prometheus: Peer = Field(
+        default_factory=lambda: Peer(pod_labels={"app.kubernetes.io/name": "prometheus"}),
+        description="The Prometheus pods scraping the metrics ports (the Prometheus operator labels its pods "
+        "app.kubernetes.io/name: prometheus); name its namespace to narrow it.")
+
+
 class KubernetesOptions(_Strict):
     """Cluster wiring that is not part of the Serve config."""
 
@@ -162,6 +188,7 @@ class KubernetesOptions(_Strict):
         default_factory=ApiKeys,
         description="The API keys Secret every Ray pod mounts (auth.mode keys); None: no keys, which the "
         "renderer accepts only with args_overrides.auth.mode: off (an open server on purpose).")
+    network: NetworkOptions = Field(default_factory=NetworkOptions, description="NetworkPolicy peers.")
 
 
 class Overlay(_Strict):

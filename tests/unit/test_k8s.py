@@ -8,9 +8,10 @@ check, any-fit CPU bound checked against simulated packings); and every manifest
 ``k8s/base`` and each object of each ``kubectl kustomize`` build — against its schema, strictly:
 core kinds with ``kubernetes-validate``, custom resources (RayService, PodMonitor, ...) with
 ``jsonschema`` against their CRD's openAPIV3Schema made to reject unknown fields, plus references
-(Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build; and on each
-applied build that the API keys Secret is mounted where the serve config's ``auth.keys_file``
-points (the check also shown to fail on a broken copy).
+(Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build; and security, on
+each applied build: the API keys Secret is mounted where the serve config's ``auth.keys_file``
+points and the NetworkPolicies select real pods and admit only what k8s/README.md lists (each
+check also shown to fail on a broken copy).
 
 CRD schemas come from ``<repo>/../shared/k8s-schemas`` and kustomize builds from ``kubectl``;
 tests needing either skip with a message when it is absent.
@@ -69,6 +70,7 @@ def test_render_is_deterministic() -> None:
     assert set(first) == {
         "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml", "k8s/base/pvc-model-cache.yaml",
         "k8s/overlays/gpu-prod/pdb.yaml", "k8s/overlays/gpu-prod/ingress.yaml",
+        "k8s/overlays/gpu-prod/networkpolicy.yaml", "k8s/overlays/cpu-dev/networkpolicy.yaml",
         "k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/serve_config.yaml",
         "k8s/overlays/cpu-dev/pvc-model-cache-patch.yaml", "k8s/base/monitoring/podmonitor.yaml",
         "k8s/base/monitoring/prometheusrule.yaml", "k8s/base/monitoring/grafana-dashboard.yaml",
@@ -526,6 +528,142 @@ def test_validation_rejects_broken_core_and_monitoring_kinds() -> None:
 # --------------------------------------------------------------------------- security
 #: The overlays one applies, and the environment each is rendered from.
 DEPLOYED = {"overlays/gpu-prod": "prod", "overlays/cpu-dev": "cpu-dev"}
+#: Marks a peer that is every source (a rule without ``from``).
+ANYONE = "anyone"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is checked here: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _container_ports(template: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for c in template["spec"]["containers"] for p in c.get("ports", [])]
+
+
+def _port_matches(rule_port: dict[str, Any], port: dict[str, Any]) -> bool:
+    return rule_port["port"] in (port.get("name"), port["containerPort"])
+
+
+def _sources(docs: list[dict[str, Any]], template: dict[str, Any], port: dict[str, Any]) -> list[Any]:
+    """Who may open ``port`` of the pods of ``template``: the peers of every rule of every
+    NetworkPolicy selecting them that admits the port; [ANYONE] for a rule without ``from``.
+    A pod no policy selects admits everyone (Kubernetes' default)."""
+    labels = template["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and _selects(d["spec"]["podSelector"], labels)]
+    if not policies:
+        return [ANYONE]
+    found: list[Any] = []
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        for rule in policy["spec"].get("ingress", []):
+            if "ports" in rule and not any(_port_matches(p, port) for p in rule["ports"]):
+                continue
+            found += rule.get("from", [ANYONE])
+    return found
+
+
+def _same_namespace_pods(peer: Any, templates: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The templates a peer of this namespace selects; None for a peer outside it (or everyone)."""
+    if peer == ANYONE or "namespaceSelector" in peer or "ipBlock" in peer:
+        return None
+    return [t for t in templates if _selects(peer["podSelector"], t["metadata"]["labels"])]
+
+
+def _is_ray(template: dict[str, Any]) -> bool:
+    return "ray.io/node-type" in template["metadata"]["labels"]  # set by _pod_specs for RayService pods
+
+
+def _check_network_policies(docs: list[dict[str, Any]], env_name: str) -> None:
+    """Raise AssertionError unless the build's NetworkPolicies do what k8s/README.md says."""
+    _, _, overlay = render.merged_serve_config(REPO / ENVS[env_name].overlay, REPO)
+    outside = [overlay.kubernetes.network.kuberay_operator.selector(), overlay.kubernetes.network.prometheus.selector()]
+    templates = [t for d in docs for t in _pod_specs(d)]
+    rays = [t for t in templates if _is_ray(t)]
+    assert rays and len(rays) < len(templates)
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        name = policy["metadata"]["name"]
+        selected = [t for t in templates if _selects(policy["spec"]["podSelector"], t["metadata"]["labels"])]
+        assert selected, f"{name}: its podSelector selects no pod of the build"
+        for rule in policy["spec"]["ingress"]:
+            for rule_port in (p for p in rule.get("ports", []) if isinstance(p["port"], str)):
+                for t in selected:  # a port name that a pod lacks admits nothing there
+                    assert any(_port_matches(rule_port, p) for p in _container_ports(t)), \
+                        f"{name}: no port {rule_port['port']!r} in {t['metadata']['labels']}"
+            for peer in rule.get("from", []):
+                pods = _same_namespace_pods(peer, templates)
+                if pods is None:
+                    assert peer in outside, f"{name}: {peer} is not a configured outside peer"
+                else:
+                    assert pods, f"{name}: {peer} selects no pod of the build"
+    for t in templates:
+        assert _sources(docs, t, {"containerPort": 1}) != [ANYONE], f"a pod no policy isolates: {t['metadata']}"
+        for port in _container_ports(t):
+            sources = _sources(docs, t, port)
+            for peer in sources:
+                pods = _same_namespace_pods(peer, templates)
+                if _is_ray(t) and port.get("name") == "serve":
+                    continue  # the one public port (API keys guard it)
+                assert peer != ANYONE, f"{port} of {t['metadata']['labels']} is open to anyone"
+                assert pods is None or all(_is_ray(p) for p in pods), f"{port}: from non-Ray pods {peer}"
+        if not _is_ray(t):
+            continue
+        named = {p.get("name"): p for p in _container_ports(t)}
+        assert ANYONE in _sources(docs, t, named["serve"])
+        # Ray's unnamed ports (raylet, object manager, workers): from Ray pods only.
+        internal = _sources(docs, t, {"containerPort": 10002})
+        assert internal and all(_same_namespace_pods(p, templates) == rays for p in internal), internal
+        if t["metadata"]["labels"]["ray.io/node-type"] == "head":  # KubeRay deploys serveConfigV2 through it
+            assert outside[0] in _sources(docs, t, named["dashboard"]), \
+                "the KubeRay operator cannot reach the dashboard"
+    milvus = [t for t in templates if t["metadata"]["labels"].get("app.kubernetes.io/name") == "milvus"]
+    assert milvus, "no Milvus pod in the build"
+    for t in milvus:
+        named = {p["name"]: p for p in _container_ports(t)}
+        assert [_same_namespace_pods(p, templates) for p in _sources(docs, t, named["grpc"])] == [rays]
+        assert _sources(docs, t, named["metrics"]) == [overlay.kubernetes.network.prometheus.selector()]
+        assert _sources(docs, t, {"containerPort": 2379}) == []  # the embedded etcd
+
+
+@pytest.mark.parametrize("overlay", sorted(DEPLOYED))
+def test_network_policies_select_real_pods_and_admit_only_ray_pods(overlay: str) -> None:
+    docs = _build(overlay)
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"} >= {
+        "ragserve-ray", "ragserve-ray-head", "milvus"}
+    _check_network_policies(docs, DEPLOYED[overlay])
+
+
+def _policy(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda docs: _policy(docs, "milvus")["spec"]["podSelector"]["matchLabels"].update(
+            {"app.kubernetes.io/name": "milvus-standalone"}), "selects no pod"),
+        (lambda docs: _policy(docs, "milvus")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].update(
+            {"app.kubernetes.io/name": "ray"}), "selects no pod"),
+        (lambda docs: _policy(docs, "milvus")["spec"]["ingress"][0]["from"][0]["podSelector"].update(
+            matchLabels={"app.kubernetes.io/part-of": "ragserve"}), "non-Ray pods"),
+        (lambda docs: _policy(docs, "milvus")["spec"]["ingress"][1].pop("from"), "open to anyone"),
+        (lambda docs: _policy(docs, "ragserve-ray-head")["spec"]["ingress"][0]["ports"][0].update(port="dashbord"),
+         "dashbord"),
+        (lambda docs: _policy(docs, "ragserve-ray")["spec"]["ingress"][1]["ports"][0].update(port=10001),
+         "open to anyone"),
+        (lambda docs: docs.remove(_policy(docs, "ragserve-ray-head")), "KubeRay operator"),
+    ],
+    ids=["milvus-pod-label", "milvus-peer-label", "milvus-peer-too-wide", "milvus-metrics-open",
+         "unknown-port-name", "ray-client-port-open", "head-policy-missing"],
+)
+def test_network_policy_checks_catch_a_broken_policy(mutate: Any, message: str) -> None:
+    docs = json.loads(json.dumps(_build("overlays/gpu-prod")))  # a copy: _build is cached
+    _check_network_policies(docs, "prod")
+    mutate(docs)
+    with pytest.raises(AssertionError, match=message):
+        _check_network_policies(docs, "prod")
+
+
 def _check_keys_mount(docs: list[dict[str, Any]], env_name: str) -> None:
     """Raise AssertionError unless every Ray container reads the keys Secret where the config says."""
     _, cfg, overlay = render.merged_serve_config(REPO / ENVS[env_name].overlay, REPO)
