@@ -10,8 +10,9 @@ core kinds with ``kubernetes-validate``, custom resources (RayService, PodMonito
 ``jsonschema`` against their CRD's openAPIV3Schema made to reject unknown fields, plus references
 (Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build; and security, on
 each applied build: the API keys Secret is mounted where the serve config's ``auth.keys_file``
-points and the NetworkPolicies select real pods and admit only what k8s/README.md lists (each
-check also shown to fail on a broken copy).
+points, the NetworkPolicies select real pods and admit only what k8s/README.md lists (each
+check also shown to fail on a broken copy), and the Ray dashboard is reachable through no
+Ingress, LoadBalancer or NodePort.
 
 CRD schemas come from ``<repo>/../shared/k8s-schemas`` and kustomize builds from ``kubectl``;
 tests needing either skip with a message when it is absent.
@@ -738,3 +739,55 @@ def test_keys_secret_is_created_by_hand_as_the_readme_says() -> None:
     assert args.file == Path(keys.key) and args.scopes and args.tenant
     for overlay in DEPLOYED:
         assert not [d for d in _build(overlay) if d["kind"] == "Secret" and d["metadata"]["name"] == keys.secret]
+
+
+def _check_dashboard_not_exposed(docs: list[dict[str, Any]]) -> None:
+    """Raise AssertionError if the Ray dashboard (8265) can be reached from outside the cluster."""
+    rayservice = next(d for d in docs if d["kind"] == "RayService")
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
+    # KubeRay's head Service takes headGroupSpec.serviceType (default ClusterIP) or headService.
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP", "the head Service (dashboard) is exposed"
+    assert head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+    assert not head.get("enableIngress"), "KubeRay's head Ingress routes the dashboard"
+    serve_svc = rayservice["spec"].get("serveService", {}).get("spec", {})
+    assert 8265 not in [p.get("port") for p in serve_svc.get("ports", [])]
+    serve_port = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["http_options"]["port"]
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        if svc["spec"].get("type") in {"LoadBalancer", "NodePort"}:
+            ports = {q for p in svc["spec"]["ports"] for q in (p["port"], p.get("targetPort"))}
+            assert not ports & {8265, "dashboard"}, f"Service {svc['metadata']['name']} exposes the dashboard"
+    for ing in (d for d in docs if d["kind"] == "Ingress"):
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                # Only KubeRay's serve Service, on the Serve port: never the head Service.
+                assert backend["name"] == f"{rayservice['metadata']['name']}-serve-svc", backend
+                assert backend["port"] == {"number": serve_port}, f"Ingress {ing['metadata']['name']} routes {backend}"
+
+
+@pytest.mark.parametrize("overlay", sorted(DEPLOYED))
+def test_the_ray_dashboard_is_not_exposed(overlay: str) -> None:
+    docs = _build(overlay)
+    _check_dashboard_not_exposed(docs)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda docs: next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"][
+            "headGroupSpec"].update(serviceType="LoadBalancer"), "head Service"),
+        (lambda docs: next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"][
+            "headGroupSpec"].update(enableIngress=True), "head Ingress"),
+        (lambda docs: next(d for d in docs if d["kind"] == "Ingress")["spec"]["rules"][0]["http"]["paths"][0][
+            "backend"]["service"].update(name="ragserve-head-svc", port={"number": 8265}), "head-svc"),
+        (lambda docs: docs.append({"kind": "Service", "metadata": {"name": "dash"}, "spec": {
+            "type": "NodePort", "ports": [{"port": 80, "targetPort": 8265}]}}), "exposes the dashboard"),
+    ],
+    ids=["head-load-balancer", "head-ingress", "ingress-to-dashboard", "node-port"],
+)
+def test_dashboard_check_catches_an_exposed_dashboard(mutate: Any, message: str) -> None:
+    docs = json.loads(json.dumps(_build("overlays/gpu-prod")))
+    _check_dashboard_not_exposed(docs)
+    mutate(docs)
+    with pytest.raises(AssertionError, match=message):
+        _check_dashboard_not_exposed(docs)
