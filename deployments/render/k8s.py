@@ -9,7 +9,9 @@ Each environment is ``cluster/serve_config.yaml`` plus an overlay (``cluster/ser
   ``ragserve`` CLI reads in the pods through ``RAGSERVE_CONFIG``);
 * the objects whose right values follow from the same sizes: the model cache claim, and in the
   environment's own overlay directory the PodDisruptionBudgets and the public Ingress (only those
-  it has: an overlay adds them, so none ever needs deleting).
+  it has: an overlay adds them, so none ever needs deleting);
+* in that directory too, the NetworkPolicies of the Ray pods and of Milvus (:func:`network_policies`),
+  from the same pod labels and port names as the RayService.
 
 ``prod`` renders into ``k8s/base/`` (with the monitoring resources) and ``k8s/overlays/gpu-prod/``;
 ``cpu-dev`` into ``k8s/overlays/cpu-dev/``: its RayService as a JSON 6902 patch replacing the base's
@@ -35,7 +37,7 @@ from deployments.render.overlay import (
     merge_patch,
     merged_serve_config,
 )
-from deployments.render.rayservice import LABELS, METRICS_PORT, ray_version, rayservice_spec
+from deployments.render.rayservice import LABELS, METRICS_PORT, RAY_PODS, ray_version, rayservice_spec
 from deployments.stages import Stage
 
 __all__ = ["ENVIRONMENTS", "Environment", "dump_yaml", "merge_patch", "merged_serve_config", "ray_version",
@@ -63,6 +65,8 @@ ENVIRONMENTS = (
     Environment("cpu-dev", "cluster/serve_config.cpu-dev.yaml", "k8s/overlays/cpu-dev", True, "k8s/overlays/cpu-dev"),
 )
 BASE = ENVIRONMENTS[0]
+#: The label of the Milvus pods (k8s/base/milvus/statefulset.yaml, hand-written; the tests check it selects them).
+MILVUS_PODS = {"app.kubernetes.io/name": "milvus"}
 
 
 def _meta(name: str, labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -130,6 +134,54 @@ def ingress(serve: dict[str, Any], cfg: AppConfig, k8s: KubernetesOptions) -> li
              "metadata": _meta(k8s.name, annotations=annotations), "spec": spec}]
 
 
+def network_policies(k8s: KubernetesOptions) -> list[dict[str, Any]]:
+    """Ingress rules for the Ray pods and Milvus: each pod accepts only the connections listed.
+
+    * Ray pods: every port from the other Ray pods (GCS, raylets, object managers, the workers' port
+      range, dashboard agents: too many and too dynamic to list, and Ray's token auth guards them);
+      the Serve port from anywhere (the Ingress controller, in-cluster clients: API keys guard it);
+      the metrics port from Prometheus.
+    * The head also: its dashboard port from the KubeRay operator, which deploys serveConfigV2 and
+      polls Serve's status there, and the autoscaler's and dashboard's metrics ports from Prometheus.
+      The dashboard is never routed or exposed outside the cluster (``kubectl port-forward``).
+    * Milvus: its gRPC port from the Ray pods, its metrics port from Prometheus; nothing else (its
+      embedded etcd listens on the pod IP too).
+
+    Ports are named, so they follow the containers' own names. Kubelet's probes and
+    ``kubectl port-forward`` come from the pod's node or its loopback, which a NetworkPolicy never
+    blocks. Egress is left open: the pods reach the model hub, Redis, Milvus and the Kubernetes API.
+    Both clusters of a RayService upgrade carry the same labels, so they can reach each other too
+    (``ray.io/cluster`` is a generated name, not known here).
+    """
+    ray = {"podSelector": {"matchLabels": dict(RAY_PODS)}}
+    prometheus = k8s.network.prometheus.selector()
+
+    def tcp(*names: str) -> list[dict[str, Any]]:
+        return [{"protocol": "TCP", "port": name} for name in names]
+
+    def policy(name: str, pods: dict[str, str], rules: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": _meta(name, {"app.kubernetes.io/name": pods["app.kubernetes.io/name"]}),
+                "spec": {"podSelector": {"matchLabels": dict(pods)}, "policyTypes": ["Ingress"], "ingress": rules}}
+
+    return [
+        policy("ragserve-ray", RAY_PODS, [
+            {"from": [ray]},
+            {"ports": tcp("serve")},
+            {"from": [prometheus], "ports": tcp(METRICS_PORT[0])},
+        ]),
+        # KubeRay's node-type label, as the head's PodMonitor: the rules above hold for the head too.
+        policy("ragserve-ray-head", {**RAY_PODS, "ray.io/node-type": "head"}, [
+            {"from": [k8s.network.kuberay_operator.selector()], "ports": tcp("dashboard")},
+            {"from": [prometheus], "ports": tcp("as-metrics", "dash-metrics")},
+        ]),
+        policy("milvus", MILVUS_PODS, [
+            {"from": [ray], "ports": tcp("grpc")},
+            {"from": [prometheus], "ports": tcp("metrics")},
+        ]),
+    ]
+
+
 def _docs(objs: list[dict[str, Any]]) -> str:
     return "---\n".join(dump_yaml(o) for o in objs)
 
@@ -155,7 +207,9 @@ def render_environment(env: Environment, repo: Path, stages: tuple[Stage, ...] =
         out[f"{env.out_dir}/rayservice.yaml"] = header + dump_yaml(
             {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": meta, "spec": spec})
         out[f"{env.out_dir}/pvc-model-cache.yaml"] = header + dump_yaml(claim)
-    for name, objs in (("pdb.yaml", pod_disruption_budgets(spec)), ("ingress.yaml", ingress(serve, cfg, k8s))):
+    own = (("pdb.yaml", pod_disruption_budgets(spec)), ("ingress.yaml", ingress(serve, cfg, k8s)),
+           ("networkpolicy.yaml", network_policies(k8s)))
+    for name, objs in own:
         if objs:  # listed in that overlay's kustomization (tests/unit/test_k8s.py checks it)
             out[f"{env.own_dir}/{name}"] = header + _docs(objs)
     return out
@@ -186,10 +240,11 @@ def pod_monitors(k8s: KubernetesOptions) -> list[dict[str, Any]]:
         return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": meta, "spec": spec}
 
     return [
-        monitor("ragserve-ray-workers", "ragserve", "worker", [endpoint(METRICS_PORT[0])]),
-        monitor("ragserve-ray-head", "ragserve", "head",
+        monitor("ragserve-ray-workers", RAY_PODS["app.kubernetes.io/name"], "worker", [endpoint(METRICS_PORT[0])]),
+        monitor("ragserve-ray-head", RAY_PODS["app.kubernetes.io/name"], "head",
                 [endpoint(METRICS_PORT[0]), endpoint("as-metrics"), endpoint("dash-metrics")]),
-        monitor("ragserve-milvus", "milvus", None, [{"port": "metrics", "path": "/metrics", "interval": "30s"}]),
+        monitor("ragserve-milvus", MILVUS_PODS["app.kubernetes.io/name"], None,
+                [{"port": "metrics", "path": "/metrics", "interval": "30s"}]),
     ]
 
 

@@ -18,8 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deployments.config import AppConfig, load_serve_yaml, parse_app_config
 from deployments.errors import ConfigError
+from deployments.stack import check_exposure
 
 BASE_CONFIG = "cluster/serve_config.yaml"
+#: Where every Ray pod mounts the serve config (a ConfigMap; RAGSERVE_CONFIG names the file in it).
+CONFIG_DIR = "/etc/ragserve"
+#: Where every Ray pod mounts the API keys Secret: the serve config's ``auth.keys_file`` is a file in
+#: it (:attr:`ApiKeys.path`), so the mount and the config cannot disagree.
+KEYS_DIR = f"{CONFIG_DIR}/keys"
 QUANTITY = r"^[0-9]+(Mi|Gi|Ti)$"
 #: Node labels that GPU Feature Discovery / Node Feature Discovery add only after a node has joined:
 #: a node autoscaler's node template lacks them, so a pod selecting them never triggers a scale-up
@@ -110,6 +116,50 @@ class IngressOptions(_Strict):
     tls_secret: str | None = Field(None, description="TLS Secret for the host (e.g. from cert-manager); None: HTTP.")
 
 
+class ApiKeys(_Strict):
+    """The Secret holding the keys file of ``ragserve keys``, mounted in every Ray pod at :data:`KEYS_DIR`.
+
+    It is created by hand (k8s/README.md), never rendered: the renderer only mounts it and points
+    ``auth.keys_file`` at it (``auth.mode: keys``).
+    """
+
+    secret: str = Field("ragserve-api-keys", pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                        description="Name of the Secret.")
+    key: str = Field("keys.yaml", pattern=r"^[-_a-zA-Z0-9][-._a-zA-Z0-9]*$",
+                     description="Key of the keys file in that Secret (also its file name in the pods).")
+
+    @property
+    def path(self) -> str:
+        """The keys file inside the pods: the serve config's ``auth.keys_file``."""
+        return f"{KEYS_DIR}/{self.key}"
+
+
+class Peer(_Strict):
+    """Pods allowed through a NetworkPolicy: labels, in one namespace or in any."""
+
+    namespace: str | None = Field(None, description="Their namespace (its kubernetes.io/metadata.name); None: any.")
+    pod_labels: dict[str, str] = Field(min_length=1, description="Labels the pods carry.")
+
+    def selector(self) -> dict[str, Any]:
+        """The NetworkPolicy peer (a pod selector within a namespace selector: both must match)."""
+        ns = {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}} if self.namespace else {}
+        return {"namespaceSelector": ns, "podSelector": {"matchLabels": dict(self.pod_labels)}}
+
+
+class NetworkOptions(_Strict):
+    """Who besides the Ray pods reaches them and Milvus (the rendered NetworkPolicies)."""
+
+    kuberay_operator: Peer = Field(
+        default_factory=lambda: Peer(pod_labels={"app.kubernetes.io/component": "kuberay-operator"}),
+        description="The KubeRay operator's pods: they deploy serveConfigV2 and read Serve's status through the "
+        "head's dashboard port. Default: the component label both KubeRay's Helm chart and its kustomize "
+        "manifests set, in any namespace; name the operator's namespace to narrow it.")
+    prometheus: Peer = Field(
+        default_factory=lambda: Peer(pod_labels={"app.kubernetes.io/name": "prometheus"}),
+        description="The Prometheus pods scraping the metrics ports (the Prometheus operator labels its pods "
+        "app.kubernetes.io/name: prometheus); name its namespace to narrow it.")
+
+
 class KubernetesOptions(_Strict):
     """Cluster wiring that is not part of the Serve config."""
 
@@ -134,6 +184,11 @@ class KubernetesOptions(_Strict):
         description="Labels the Prometheus selects PodMonitors and PrometheusRules by (kube-prometheus-stack: "
         "release: <helm release>); put on every PodMonitor and the PrometheusRule alike.")
     ingress: IngressOptions | None = Field(None, description="The public endpoint; None: none.")
+    api_keys: ApiKeys | None = Field(
+        default_factory=ApiKeys,
+        description="The API keys Secret every Ray pod mounts (auth.mode keys); None: no keys, which the "
+        "renderer accepts only with args_overrides.auth.mode: off (an open server on purpose).")
+    network: NetworkOptions = Field(default_factory=NetworkOptions, description="NetworkPolicy peers.")
 
 
 class Overlay(_Strict):
@@ -182,10 +237,31 @@ def merged_serve_config(overlay_path: Path, repo: Path) -> tuple[dict[str, Any],
     serve = merge_patch({k: v for k, v in base.items() if k != "applications"}, overlay.serve_overrides)
     app = merge_patch({k: v for k, v in base_app.items() if k != "args"}, overlay.application_overrides)
     app["args"] = merge_patch(base_app.get("args") or {}, overlay.args_overrides)
+    if overlay.kubernetes.api_keys is not None:
+        app["args"] = merge_patch(app["args"], {"auth": _auth_of(overlay, overlay_path.name)})
     serve["applications"] = [app]
     cfg = parse_app_config(app["args"], where=f"{BASE_CONFIG} + {overlay_path.name}: applications[0].args")
     _check_runs_in_pods(serve, overlay_path.name)
+    try:  # the pods listen on 0.0.0.0: the local stack's rule, open only on purpose, holds there too
+        check_exposure(cfg, serve["http_options"]["host"])
+    except ConfigError as e:
+        raise ConfigError(f"{overlay_path.name}: {e.message} (in a pod: set kubernetes.api_keys, the mounted "
+                          "keys Secret)") from None
     return serve, cfg, overlay
+
+
+def _auth_of(overlay: Overlay, where: str) -> dict[str, str]:
+    # The keys file is where the pods mount the Secret, so the overlay cannot name another one;
+    # the other auth fields (reload interval, default limits) stay the overlay's to set.
+    keys = overlay.kubernetes.api_keys
+    assert keys is not None
+    auth = {"mode": "keys", "keys_file": keys.path}
+    given = overlay.args_overrides.get("auth") or {}
+    clash = sorted(k for k, v in auth.items() if k in given and given[k] != v)
+    if clash:
+        raise ConfigError(f"{where}: args_overrides.auth.{clash[0]} contradicts kubernetes.api_keys, which mounts "
+                          f"the keys at {keys.path} (auth.mode keys): leave {', '.join(clash)} to the renderer")
+    return auth
 
 
 def _check_runs_in_pods(serve: dict[str, Any], where: str) -> None:

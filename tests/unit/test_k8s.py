@@ -8,7 +8,11 @@ check, any-fit CPU bound checked against simulated packings); and every manifest
 ``k8s/base`` and each object of each ``kubectl kustomize`` build — against its schema, strictly:
 core kinds with ``kubernetes-validate``, custom resources (RayService, PodMonitor, ...) with
 ``jsonschema`` against their CRD's openAPIV3Schema made to reject unknown fields, plus references
-(Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build.
+(Secrets, ConfigMaps, PVCs, named ports) that must resolve inside each build; and security, on
+each applied build: the API keys Secret is mounted where the serve config's ``auth.keys_file``
+points, the NetworkPolicies select real pods and admit only what k8s/README.md lists (each
+check also shown to fail on a broken copy), and the Ray dashboard is reachable through no
+Ingress, LoadBalancer or NodePort.
 
 CRD schemas come from ``<repo>/../shared/k8s-schemas`` and kustomize builds from ``kubectl``;
 tests needing either skip with a message when it is absent.
@@ -33,6 +37,7 @@ from deployments.config import DeploymentOptions, load_config, parse_app_config
 from deployments.errors import ConfigError
 from deployments.render import capacity
 from deployments.render import k8s as render
+from deployments.render.overlay import KEYS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +71,7 @@ def test_render_is_deterministic() -> None:
     assert set(first) == {
         "k8s/base/rayservice.yaml", "k8s/base/serve_config.yaml", "k8s/base/pvc-model-cache.yaml",
         "k8s/overlays/gpu-prod/pdb.yaml", "k8s/overlays/gpu-prod/ingress.yaml",
+        "k8s/overlays/gpu-prod/networkpolicy.yaml", "k8s/overlays/cpu-dev/networkpolicy.yaml",
         "k8s/overlays/cpu-dev/rayservice-patch.yaml", "k8s/overlays/cpu-dev/serve_config.yaml",
         "k8s/overlays/cpu-dev/pvc-model-cache-patch.yaml", "k8s/base/monitoring/podmonitor.yaml",
         "k8s/base/monitoring/prometheusrule.yaml", "k8s/base/monitoring/grafana-dashboard.yaml",
@@ -171,11 +177,35 @@ def _overlay(tmp_path: Path, **changes: Any) -> Path:
         ({"serve_overrides": {"http_options": {"host": "127.0.0.1"}}}, "http_options.host must be 0.0.0.0"),
         ({"serve_overrides": {"proxy_location": "HeadOnly"}}, "proxy_location must be EveryNode"),
         ({"serve_overrides": {"applications": []}}, "application_overrides"),
+        ({"args_overrides": {"auth": {"keys_file": "/tmp/keys.yaml"}}}, "args_overrides.auth.keys_file contradicts"),
+        ({"args_overrides": {"auth": {"mode": "off"}}}, "args_overrides.auth.mode contradicts"),
+        ({"kubernetes": {"api_keys": {"key": "../keys.yaml"}}}, "kubernetes.api_keys.key"),
     ],
 )
 def test_bad_overlays_are_rejected_by_name(tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         render.merged_serve_config(_overlay(tmp_path, **changes), REPO)
+
+
+def test_api_keys_set_the_auth_config_and_only_mode_off_runs_without(tmp_path: Path) -> None:
+    path = _overlay(tmp_path, args_overrides={"auth": {"reload_interval_s": 30}})
+    serve, cfg, overlay = render.merged_serve_config(path, REPO)
+    assert overlay.kubernetes.api_keys is not None
+    assert (cfg.auth.mode, cfg.auth.keys_file, cfg.auth.reload_interval_s) == ("keys", overlay.kubernetes.api_keys.path, 30)
+    assert cfg.auth.keys_file == f"{KEYS_DIR}/keys.yaml" == "/etc/ragserve/keys/keys.yaml"
+    data = yaml.safe_load((REPO / ENVS["prod"].overlay).read_text())
+    data["kubernetes"]["api_keys"] = None  # no Secret: the app would be open on the pods' 0.0.0.0
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="refusing to serve on 0.0.0.0 without API keys.*kubernetes.api_keys"):
+        render.merged_serve_config(path, REPO)
+    data["args_overrides"]["auth"] = {"mode": "off"}  # open on purpose
+    path.write_text(yaml.safe_dump(data))
+    serve, cfg, overlay = render.merged_serve_config(path, REPO)
+    assert cfg.auth.open and overlay.kubernetes.api_keys is None
+    spec = render.rayservice_spec(serve, cfg, overlay.kubernetes, REPO)
+    head = spec["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert [v["name"] for v in head["volumes"]] == ["model-cache", "serve-config"]
+    assert all(m["name"] != "api-keys" for m in head["containers"][0]["volumeMounts"])
 
 
 # --------------------------------------------------------------------------- capacity
@@ -414,6 +444,12 @@ def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [doc["spec"]["template"]] if doc["kind"] in {"StatefulSet", "Deployment"} else []
 
 
+def _keys_secrets() -> set[str]:
+    """The API keys Secrets the environments mount (created by hand, so in no build)."""
+    return {o.kubernetes.api_keys.secret for o in (render.merged_serve_config(REPO / e.overlay, REPO)[2]
+                                                    for e in ENVS.values()) if o.kubernetes.api_keys}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_references_resolve_within_the_build(overlay: str) -> None:
     docs = _build(overlay)
@@ -427,6 +463,10 @@ def test_references_resolve_within_the_build(overlay: str) -> None:
                 assert ("ConfigMap", volume["configMap"]["name"]) in names
             if "persistentVolumeClaim" in volume:
                 assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
+            if "secret" in volume and not volume["secret"].get("optional"):
+                # The API keys Secret is made by hand (never committed): the one exception, see
+                # test_keys_secret_is_created_by_hand_as_the_readme_says.
+                assert volume["secret"]["secretName"] in {*secrets, *_keys_secrets()}, (overlay, volume)
         for container in template["spec"]["containers"]:
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -484,3 +524,270 @@ def test_validation_rejects_broken_core_and_monitoring_kinds() -> None:
     for doc in (statefulset, monitor):
         with pytest.raises(Exception, match="unexpected"):
             _validate(doc)
+
+
+# --------------------------------------------------------------------------- security
+#: The overlays one applies, and the environment each is rendered from.
+DEPLOYED = {"overlays/gpu-prod": "prod", "overlays/cpu-dev": "cpu-dev"}
+#: Marks a peer that is every source (a rule without ``from``).
+ANYONE = "anyone"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is checked here: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _container_ports(template: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for c in template["spec"]["containers"] for p in c.get("ports", [])]
+
+
+def _port_matches(rule_port: dict[str, Any], port: dict[str, Any]) -> bool:
+    return rule_port["port"] in (port.get("name"), port["containerPort"])
+
+
+def _sources(docs: list[dict[str, Any]], template: dict[str, Any], port: dict[str, Any]) -> list[Any]:
+    """Who may open ``port`` of the pods of ``template``: the peers of every rule of every
+    NetworkPolicy selecting them that admits the port; [ANYONE] for a rule without ``from``.
+    A pod no policy selects admits everyone (Kubernetes' default)."""
+    labels = template["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and _selects(d["spec"]["podSelector"], labels)]
+    if not policies:
+        return [ANYONE]
+    found: list[Any] = []
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        for rule in policy["spec"].get("ingress", []):
+            if "ports" in rule and not any(_port_matches(p, port) for p in rule["ports"]):
+                continue
+            found += rule.get("from", [ANYONE])
+    return found
+
+
+def _same_namespace_pods(peer: Any, templates: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The templates a peer of this namespace selects; None for a peer outside it (or everyone)."""
+    if peer == ANYONE or "namespaceSelector" in peer or "ipBlock" in peer:
+        return None
+    return [t for t in templates if _selects(peer["podSelector"], t["metadata"]["labels"])]
+
+
+def _is_ray(template: dict[str, Any]) -> bool:
+    return "ray.io/node-type" in template["metadata"]["labels"]  # set by _pod_specs for RayService pods
+
+
+def _check_network_policies(docs: list[dict[str, Any]], env_name: str) -> None:
+    """Raise AssertionError unless the build's NetworkPolicies do what k8s/README.md says."""
+    _, _, overlay = render.merged_serve_config(REPO / ENVS[env_name].overlay, REPO)
+    outside = [overlay.kubernetes.network.kuberay_operator.selector(), overlay.kubernetes.network.prometheus.selector()]
+    templates = [t for d in docs for t in _pod_specs(d)]
+    rays = [t for t in templates if _is_ray(t)]
+    assert rays and len(rays) < len(templates)
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        name = policy["metadata"]["name"]
+        selected = [t for t in templates if _selects(policy["spec"]["podSelector"], t["metadata"]["labels"])]
+        assert selected, f"{name}: its podSelector selects no pod of the build"
+        for rule in policy["spec"]["ingress"]:
+            for rule_port in (p for p in rule.get("ports", []) if isinstance(p["port"], str)):
+                for t in selected:  # a port name that a pod lacks admits nothing there
+                    assert any(_port_matches(rule_port, p) for p in _container_ports(t)), \
+                        f"{name}: no port {rule_port['port']!r} in {t['metadata']['labels']}"
+            for peer in rule.get("from", []):
+                pods = _same_namespace_pods(peer, templates)
+                if pods is None:
+                    assert peer in outside, f"{name}: {peer} is not a configured outside peer"
+                else:
+                    assert pods, f"{name}: {peer} selects no pod of the build"
+    for t in templates:
+        assert _sources(docs, t, {"containerPort": 1}) != [ANYONE], f"a pod no policy isolates: {t['metadata']}"
+        for port in _container_ports(t):
+            sources = _sources(docs, t, port)
+            for peer in sources:
+                pods = _same_namespace_pods(peer, templates)
+                if _is_ray(t) and port.get("name") == "serve":
+                    continue  # the one public port (API keys guard it)
+                assert peer != ANYONE, f"{port} of {t['metadata']['labels']} is open to anyone"
+                assert pods is None or all(_is_ray(p) for p in pods), f"{port}: from non-Ray pods {peer}"
+        if not _is_ray(t):
+            continue
+        named = {p.get("name"): p for p in _container_ports(t)}
+        assert ANYONE in _sources(docs, t, named["serve"])
+        # Ray's unnamed ports (raylet, object manager, workers): from Ray pods only.
+        internal = _sources(docs, t, {"containerPort": 10002})
+        assert internal and all(_same_namespace_pods(p, templates) == rays for p in internal), internal
+        if t["metadata"]["labels"]["ray.io/node-type"] == "head":  # KubeRay deploys serveConfigV2 through it
+            assert outside[0] in _sources(docs, t, named["dashboard"]), \
+                "the KubeRay operator cannot reach the dashboard"
+    milvus = [t for t in templates if t["metadata"]["labels"].get("app.kubernetes.io/name") == "milvus"]
+    assert milvus, "no Milvus pod in the build"
+    for t in milvus:
+        named = {p["name"]: p for p in _container_ports(t)}
+        assert [_same_namespace_pods(p, templates) for p in _sources(docs, t, named["grpc"])] == [rays]
+        assert _sources(docs, t, named["metrics"]) == [overlay.kubernetes.network.prometheus.selector()]
+        assert _sources(docs, t, {"containerPort": 2379}) == []  # the embedded etcd
+
+
+@pytest.mark.parametrize("overlay", sorted(DEPLOYED))
+def test_network_policies_select_real_pods_and_admit_only_ray_pods(overlay: str) -> None:
+    docs = _build(overlay)
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"} >= {
+        "ragserve-ray", "ragserve-ray-head", "milvus"}
+    _check_network_policies(docs, DEPLOYED[overlay])
+
+
+def _policy(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda docs: _policy(docs, "milvus")["spec"]["podSelector"]["matchLabels"].update(
+            {"app.kubernetes.io/name": "milvus-standalone"}), "selects no pod"),
+        (lambda docs: _policy(docs, "milvus")["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"].update(
+            {"app.kubernetes.io/name": "ray"}), "selects no pod"),
+        (lambda docs: _policy(docs, "milvus")["spec"]["ingress"][0]["from"][0]["podSelector"].update(
+            matchLabels={"app.kubernetes.io/part-of": "ragserve"}), "non-Ray pods"),
+        (lambda docs: _policy(docs, "milvus")["spec"]["ingress"][1].pop("from"), "open to anyone"),
+        (lambda docs: _policy(docs, "ragserve-ray-head")["spec"]["ingress"][0]["ports"][0].update(port="dashbord"),
+         "dashbord"),
+        (lambda docs: _policy(docs, "ragserve-ray")["spec"]["ingress"][1]["ports"][0].update(port=10001),
+         "open to anyone"),
+        (lambda docs: docs.remove(_policy(docs, "ragserve-ray-head")), "KubeRay operator"),
+    ],
+    ids=["milvus-pod-label", "milvus-peer-label", "milvus-peer-too-wide", "milvus-metrics-open",
+         "unknown-port-name", "ray-client-port-open", "head-policy-missing"],
+)
+def test_network_policy_checks_catch_a_broken_policy(mutate: Any, message: str) -> None:
+    docs = json.loads(json.dumps(_build("overlays/gpu-prod")))  # a copy: _build is cached
+    _check_network_policies(docs, "prod")
+    mutate(docs)
+    with pytest.raises(AssertionError, match=message):
+        _check_network_policies(docs, "prod")
+
+
+def _check_keys_mount(docs: list[dict[str, Any]], env_name: str) -> None:
+    """Raise AssertionError unless every Ray container reads the keys Secret where the config says."""
+    _, cfg, overlay = render.merged_serve_config(REPO / ENVS[env_name].overlay, REPO)
+    keys = overlay.kubernetes.api_keys
+    assert keys is not None and cfg.auth.mode == "keys"
+    rayservice = next(d for d in docs if d["kind"] == "RayService")
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "ragserve-serve-config")
+    files = set()
+    for text in (rayservice["spec"]["serveConfigV2"], configmap["data"]["serve_config.yaml"]):
+        serve = yaml.safe_load(text)
+        auth = serve["applications"][0]["args"]["auth"]
+        assert auth["mode"] == "keys", auth
+        files.add(auth["keys_file"])
+    assert files == {cfg.auth.keys_file}, "serveConfigV2 and the ConfigMap name different keys files"
+    for template in _pod_specs(rayservice):
+        volumes = [v for v in template["spec"]["volumes"] if v.get("secret", {}).get("secretName") == keys.secret]
+        assert len(volumes) == 1, f"{template['metadata']['labels']}: no volume of Secret {keys.secret}"
+        secret = volumes[0]["secret"]
+        # The config needs the file: a missing Secret must stop the pod, not a replica later.
+        assert secret["optional"] is False, "the keys Secret is optional"
+        assert secret["defaultMode"] == 0o440
+        for container in template["spec"]["containers"]:
+            mounts = [m for m in container["volumeMounts"] if m["name"] == volumes[0]["name"]]
+            assert len(mounts) == 1 and mounts[0]["readOnly"] is True, container["name"]
+            assert "subPath" not in mounts[0], "a subPath mount never sees the Secret's updates"
+            paths = {f"{mounts[0]['mountPath']}/{item['path']}" for item in secret["items"] if item["key"] == keys.key}
+            assert paths == files, f"{container['name']} mounts {paths}, the config reads {files}"
+
+
+@pytest.mark.parametrize("overlay", sorted(DEPLOYED))
+def test_every_ray_container_reads_the_keys_secret_where_the_config_points(overlay: str) -> None:
+    _check_keys_mount(_build(overlay), DEPLOYED[overlay])
+
+
+def _ray_templates(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cluster = next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    return [g["template"] for g in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda docs: _ray_templates(docs)[1]["spec"]["containers"][0]["volumeMounts"][-1].update(
+            mountPath="/etc/keys"), "the config reads"),
+        (lambda docs: _ray_templates(docs)[0]["spec"]["volumes"][-1]["secret"].update(optional=True), "optional"),
+        (lambda docs: _ray_templates(docs)[-1]["spec"]["volumes"].pop(), "no volume"),
+        (lambda docs: _ray_templates(docs)[0]["spec"]["containers"][0]["volumeMounts"][-1].update(
+            subPath="keys.yaml"), "subPath"),
+    ],
+    ids=["mount-elsewhere", "optional-secret", "worker-without-secret", "subpath-mount"],
+)
+def test_keys_mount_check_catches_a_broken_mount(mutate: Any, message: str) -> None:
+    docs = json.loads(json.dumps(_build("overlays/gpu-prod")))
+    _check_keys_mount(docs, "prod")
+    mutate(docs)
+    with pytest.raises(AssertionError, match=message):
+        _check_keys_mount(docs, "prod")
+
+
+def test_keys_secret_is_created_by_hand_as_the_readme_says() -> None:
+    """The one reference the builds do not resolve: the keys Secret is never committed. The README's
+    commands create it with the Secret name and key the renderer mounts, with the real CLI's flags."""
+    from deployments.cli import parser
+
+    text = (REPO / "k8s/README.md").read_text(encoding="utf-8")
+    for env in ENVS.values():
+        keys = render.merged_serve_config(REPO / env.overlay, REPO)[2].kubernetes.api_keys
+        assert keys is not None
+        assert f"create secret generic {keys.secret} --from-file={keys.key}" in text
+    create = next(line.strip() for line in text.splitlines() if line.strip().startswith("ragserve keys create"))
+    args = parser().parse_args(create.split("#")[0].split()[1:])
+    assert args.file == Path(keys.key) and args.scopes and args.tenant
+    for overlay in DEPLOYED:
+        assert not [d for d in _build(overlay) if d["kind"] == "Secret" and d["metadata"]["name"] == keys.secret]
+
+
+def _check_dashboard_not_exposed(docs: list[dict[str, Any]]) -> None:
+    """Raise AssertionError if the Ray dashboard (8265) can be reached from outside the cluster."""
+    rayservice = next(d for d in docs if d["kind"] == "RayService")
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
+    # KubeRay's head Service takes headGroupSpec.serviceType (default ClusterIP) or headService.
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP", "the head Service (dashboard) is exposed"
+    assert head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+    assert not head.get("enableIngress"), "KubeRay's head Ingress routes the dashboard"
+    serve_svc = rayservice["spec"].get("serveService", {}).get("spec", {})
+    assert 8265 not in [p.get("port") for p in serve_svc.get("ports", [])]
+    serve_port = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["http_options"]["port"]
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        if svc["spec"].get("type") in {"LoadBalancer", "NodePort"}:
+            ports = {q for p in svc["spec"]["ports"] for q in (p["port"], p.get("targetPort"))}
+            assert not ports & {8265, "dashboard"}, f"Service {svc['metadata']['name']} exposes the dashboard"
+    for ing in (d for d in docs if d["kind"] == "Ingress"):
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                # Only KubeRay's serve Service, on the Serve port: never the head Service.
+                assert backend["name"] == f"{rayservice['metadata']['name']}-serve-svc", backend
+                assert backend["port"] == {"number": serve_port}, f"Ingress {ing['metadata']['name']} routes {backend}"
+
+
+@pytest.mark.parametrize("overlay", sorted(DEPLOYED))
+def test_the_ray_dashboard_is_not_exposed(overlay: str) -> None:
+    docs = _build(overlay)
+    _check_dashboard_not_exposed(docs)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda docs: next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"][
+            "headGroupSpec"].update(serviceType="LoadBalancer"), "head Service"),
+        (lambda docs: next(d for d in docs if d["kind"] == "RayService")["spec"]["rayClusterConfig"][
+            "headGroupSpec"].update(enableIngress=True), "head Ingress"),
+        (lambda docs: next(d for d in docs if d["kind"] == "Ingress")["spec"]["rules"][0]["http"]["paths"][0][
+            "backend"]["service"].update(name="ragserve-head-svc", port={"number": 8265}), "head-svc"),
+        (lambda docs: docs.append({"kind": "Service", "metadata": {"name": "dash"}, "spec": {
+            "type": "NodePort", "ports": [{"port": 80, "targetPort": 8265}]}}), "exposes the dashboard"),
+    ],
+    ids=["head-load-balancer", "head-ingress", "ingress-to-dashboard", "node-port"],
+)
+def test_dashboard_check_catches_an_exposed_dashboard(mutate: Any, message: str) -> None:
+    docs = json.loads(json.dumps(_build("overlays/gpu-prod")))
+    _check_dashboard_not_exposed(docs)
+    mutate(docs)
+    with pytest.raises(AssertionError, match=message):
+        _check_dashboard_not_exposed(docs)
