@@ -8,6 +8,7 @@ the issue's target: hybrid retrieval ranks better (nDCG@10) than either of its h
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from deployments.evaluation import conversational, dataset, metrics, runner
 pytestmark = pytest.mark.integration
 
 COLLECTION = "it_eval"
+ROOT = Path(__file__).resolve().parents[2]
 GENERATE = 12
 
 
@@ -29,6 +31,9 @@ def report(stack, evalset) -> dict:
     opts = runner.EvalOptions(collection=COLLECTION, generate=GENERATE)
     try:
         rep = runner.run_sync(stack.url, evalset, opts)
+        # The run's numbers, kept where a reader of the CI machine finds them (reports/ is ignored).
+        out = runner.write_json(rep, ROOT / "reports" / "eval-integration.json")
+        out.with_suffix(".txt").write_text(runner.format_table(rep) + "\n", encoding="utf-8")
         print("\n" + runner.format_table(rep))
         yield rep
     finally:  # leave the shared stack as it was

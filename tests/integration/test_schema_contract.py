@@ -11,7 +11,9 @@ tenant (schemathesis also sends each operation without the key and expects the 4
 requests are confined, not weakened: writes and searches go to the tenant's ``fuzz`` collection
 (the shared sample collection stays intact for the other tests), and completion lengths are
 clamped so that a generated ``max_tokens: 1000`` costs seconds, not minutes, on a CPU.
-``RAGSERVE_FUZZ_EXAMPLES`` sets examples per operation (default 12; the long run uses more).
+``RAGSERVE_FUZZ_EXAMPLES`` sets examples per operation (default 12); ``RAGSERVE_FUZZ_COVERAGE=1``
+adds schemathesis's coverage phase, every boundary case the document defines (hundreds of
+generations per generating route: the long run, not CI's).
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ FUZZ = "fuzz"
 #: The keyed ingress fuzzed (under ``/fuzzed``).
 APP = "fuzzed"
 EXAMPLES = int(os.environ.get("RAGSERVE_FUZZ_EXAMPLES", "12"))
+COVERAGE = os.environ.get("RAGSERVE_FUZZ_COVERAGE") == "1"
+#: Routes that generate (unless streamed or not, they all take max_tokens).
+GENERATING = ("/v1/query", "/v1/generate", "/v1/chat/completions", "/v1/completions")
 #: Generation lengths and fan-out kept small: each token costs ~0.1 s on a 2-core CPU.
-CLAMPS = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "top_logprobs": 2}
+CLAMPS = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "top_logprobs": 2, "top_k": 3}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,8 @@ REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "42
 KEY, KEY_ID = new_key()
 schema = schemathesis.openapi.from_path(str(DOCUMENT), config=schemathesis.Config.from_dict({
     "auth": {"openapi": {"HTTPBearer": {"bearer": KEY}}},
-    "checks": {"negative_data_rejection": {"expected-statuses": REJECTIONS}}}))
+    "checks": {"negative_data_rejection": {"expected-statuses": REJECTIONS}},
+    "phases": {"coverage": {"enabled": COVERAGE}}}))
 
 
 def confine(case) -> None:
@@ -68,6 +74,8 @@ def confine(case) -> None:
             value = case.body.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value <= maximum(case.path, key):
                 case.body[key] = min(value, limit)  # above the declared maximum it must stay a 400
+        if case.path in GENERATING and not any(k in case.body for k in ("max_tokens", "max_completion_tokens")):
+            case.body["max_tokens"] = CLAMPS["max_tokens"]  # not the server's default 128 tokens
         if case.path == "/v1/embeddings":
             # The served dimension is the encoder's (a runtime fact the static document cannot
             # state): any other is a 400, tested in tests/integration/test_openai_clients.py.
@@ -127,7 +135,10 @@ def fuzzed(stack, keyed_ingress) -> Iterator[Fuzzed]:
 
 @schema.parametrize()
 @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                     suppress_health_check=list(hypothesis.HealthCheck))
+                     suppress_health_check=list(hypothesis.HealthCheck),
+                     # No shrinking: each example can cost a generation (seconds on a CPU), and the
+                     # failure report already shows the request (with a curl line to reproduce it).
+                     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
 def test_every_operation_conforms_to_the_document(case, fuzzed: Fuzzed) -> None:
     confine(case)
     case.call_and_validate(base_url=fuzzed.url, timeout=120)
