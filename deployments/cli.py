@@ -28,6 +28,7 @@ from deployments.config import AppConfig, load_config_or_defaults
 from deployments.envs import env
 from deployments.errors import RagServeError
 from deployments.evaluation import command as eval_command
+from deployments.evaluation import injection as injection_command
 from deployments.render import command as render_command
 from deployments.stack import LocalStack
 
@@ -207,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     bench_command.add_parser(sub)
     localcluster.add_parser(sub)
     eval_command.add_parser(sub)
+    injection_command.add_parser(sub)
     render_command.add_parser(sub)
     s = sub.add_parser("config", help="validate and print the config, or its schema")
     s.add_argument("--schema", action="store_true")
