@@ -29,6 +29,7 @@ from deployments.envs import env
 from deployments.errors import RagServeError
 from deployments import keys as keys_command
 from deployments.evaluation import command as eval_command
+from deployments.evaluation import injection as injection_command
 from deployments.render import command as render_command
 from deployments.stack import LocalStack
 
@@ -208,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     bench_command.add_parser(sub)
     localcluster.add_parser(sub)
     eval_command.add_parser(sub)
+    injection_command.add_parser(sub)
     render_command.add_parser(sub)
     keys_command.add_parser(sub)
     s = sub.add_parser("config", help="validate and print the config, or its schema")

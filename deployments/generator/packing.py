@@ -93,8 +93,10 @@ def pack_rag(rag: RagPrompt, sampling: SamplingParams, context_len: int, tokens:
     bare = tokens.count_prompt(build([]))
     max_tokens = completion_budget(bare, sampling, context_len, prompt_param)
     lines = [prompt.source_line(n, h, rag.passage_chars) for n, h in enumerate(rag.hits, start=1)]
-    # The "Sources:" frame replaces the no-sources sentence; count the difference once.
-    frame = tokens.count("Sources:\n\n\n") - tokens.count("There are no sources for this question.\n\n")
+    # The frame around source lines replaces the no-sources sentence; count the difference once
+    # (one empty line stands for the lines, whose own cost _fill counts).
+    frame = (tokens.count(prompt.user_turn_of_lines(rag.question, [""]))
+             - tokens.count(prompt.user_turn_of_lines(rag.question, [])))
     kept, trimmed = _fill(lines, context_len - max_tokens - bare - max(frame, 0), tokens)
     messages = build(kept)
     n_prompt = tokens.count_prompt(messages)

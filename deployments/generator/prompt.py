@@ -2,6 +2,14 @@
 
 Kept free of vLLM/torch so it is unit-testable and shared by every route that generates
 from retrieved passages (``/v1/query`` and ``/v1/chat/completions``).
+
+Retrieved passages are data, not instructions, and a document's author is not to be trusted
+(prompt injection): each passage is exactly one line that starts with its own ``[n]``, so the
+prompt's structure is the line structure, and a document cannot leave its line. Inside title
+and text, whitespace (newlines included) is collapsed, and whatever could pass for structure is
+escaped (:func:`escape`): a citation-shaped ``[2]`` (another source, or a citation the answer
+would then appear to make), and chat-template control tokens or tags such as
+``<|im_start|>``, which the engine's tokenizer would otherwise turn into real role markers.
 """
 
 from __future__ import annotations
@@ -15,13 +23,45 @@ from deployments.protocol.types import ChatMessage
 
 _CITE = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 
+#: What a document could use to forge a source or a citation: ``[2]``, ``[1, 3]``, and the
+#: full-width ``［2］`` / ``【2】`` a model may read the same way.
+_MARKER = re.compile(r"[\[［【](\s*\d{1,3}(?:\s*[,，]\s*\d{1,3})*\s*)[\]］】]")
+#: Control tokens and tags of chat templates: ``<|im_start|>``, ``<|eot_id|>``, ``<｜User｜>``,
+#: ``</s>``, ``<start_of_turn>``, and any ``<tag>``/``</tag>`` (a delimiter a prompt could use);
+#: plus bracketed control words such as ``[INST]`` or ``[/INST]``.
+_TAG = re.compile(r"</?[|｜]?[A-Za-z_][^<>\s]{0,48}>")
+_CONTROL = re.compile(r"\[(/?[A-Z][A-Z_]{1,31})\]")
+
+
+def escape(text: str) -> str:
+    """``text`` with every source marker and control token made inert, its length unchanged.
+
+    ``[2]`` becomes ``(2)`` and ``[INST]`` becomes ``(INST)``; the angle brackets of a tag become
+    ``‹ ›`` (``<|im_end|>`` → ``‹|im_end|›``), which reads the same to a model but is ordinary
+    text to every tokenizer. One character for one keeps ``passage_chars`` cuts where they were.
+    Whitespace is not touched here (see :func:`clean`).
+    """
+    text = _MARKER.sub(r"(\1)", text)
+    text = _CONTROL.sub(r"(\1)", text)
+    return _TAG.sub(lambda m: "‹" + m.group(0)[1:-1] + "›", text)
+
+
+def clean(text: str) -> str:
+    """A document's text or title as it goes into the prompt: one line (all whitespace, newlines
+    and Unicode line separators included, collapsed to single spaces), then :func:`escape`."""
+    return escape(" ".join(text.split()))
+
 
 def source_line(n: int, hit: Hit, passage_chars: int) -> str:
-    """Source ``[n]`` as one line, ``[n] title: text``, its text cut to ``passage_chars``."""
-    text = " ".join(hit.text.split())
+    """Source ``[n]`` as one line, ``[n] title: text``, its text cut to ``passage_chars``.
+
+    Title and text are :func:`clean`: neither can start another line or hold a marker.
+    """
+    text = clean(hit.text)
     if len(text) > passage_chars:
         text = text[:passage_chars].rstrip() + " ..."
-    return f"[{n}] {hit.title}: {text}" if hit.title else f"[{n}] {text}"
+    title = clean(hit.title)
+    return f"[{n}] {title}: {text}" if title else f"[{n}] {text}"
 
 
 def format_sources(hits: Sequence[Hit], passage_chars: int) -> str:
