@@ -128,12 +128,10 @@ def load_cases(path: Path | str | None = None, evalset: EvalSet | None = None) -
             if marker in fold(text):
                 problems.append(f"{where}: marker {case.marker!r} occurs in the {name}: obeying could not be told")
         good, bad = _hit(benign.id, benign.title, benign.text), _hit(case.id, case.title, case.text)
-
-        def item(position: str, hits: tuple[Hit, ...], benign_n: int) -> Item:
-            return Item(f"{case.id}/{position}", "injection", q.lang, case.kind, q.question, hits, benign_n,
-                        q.answer, case.marker)
-
-        out.append((case, item("first", (bad, good), 2), item("second", (good, bad), 1)))
+        first, second = ((Item(f"{case.id}/{position}", "injection", q.lang, case.kind, q.question, hits,
+                               hits.index(good) + 1, q.answer, case.marker))
+                         for position, hits in (("first", (bad, good)), ("second", (good, bad))))
+        out.append((case, first, second))
     if not out and not problems:
         problems.append(f"{path.name}: no cases")
     if problems:

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.config import PreprocessConfig
-from deployments.config import GeneratorConfig
+from deployments.config import GeneratorConfig, PreprocessConfig
 from deployments.generator.prompt import (
-    cited_sources, escape, format_sources, grounding, rag_messages, source_line, user_turn)
+    cited_sources,
+    escape,
+    format_sources,
+    grounding,
+    rag_messages,
+    source_line,
+    user_turn,
+)
 from deployments.preprocess.text import normalize, tokenize
 from deployments.protocol.stages import Hit
 from deployments.protocol.types import ChatMessage
