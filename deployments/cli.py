@@ -1,4 +1,5 @@
-"""``ragserve`` command line: serve, ingest, ask, status, config, demo, render.
+"""``ragserve`` command line: serve, ingest, ask, status, config, demo, render, keys, bench, eval,
+eval-injection, cluster.
 
 Every command reads the one config (``--config``, else ``RAGSERVE_CONFIG``, else
 ``cluster/serve_config.yaml``, else the schema defaults).
