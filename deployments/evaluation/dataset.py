@@ -135,7 +135,7 @@ def fold(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).casefold().strip()
 
 
-def _lines(path: Path, problems: list[str]) -> Iterator[tuple[str, dict]]:
+def jsonl_lines(path: Path, problems: list[str]) -> Iterator[tuple[str, dict]]:
     """(``file:line``, object) for every non-blank line; bad JSON is a problem, not an exception
     (a generator, so problems stay in line order with those found in the records)."""
     with path.open(encoding="utf-8") as f:
@@ -159,7 +159,7 @@ def _parse(path: Path, model: type[_Record], problems: list[str]) -> list[tuple[
     # passages.en.jsonl -> "en": the records' lang must agree with the file they are in.
     file_lang = path.name.split(".")[1] if path.name.count(".") >= 2 else None
     records = []
-    for where, obj in _lines(path, problems):
+    for where, obj in jsonl_lines(path, problems):
         try:
             rec = model.model_validate(obj)
         except ValidationError as e:

@@ -140,23 +140,11 @@ def load_cases(path: Path | str | None = None, evalset: EvalSet | None = None) -
 
 
 def _lines(path: Path, problems: list[str]) -> Iterator[tuple[str, dict]]:
+    """The set's records (:func:`dataset.jsonl_lines`); an unreadable file is a problem too."""
     try:
-        text = path.read_text(encoding="utf-8")
+        yield from dataset.jsonl_lines(path, problems)
     except OSError as e:
         problems.append(f"{path}: {e.strerror}")
-        return
-    for no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{path.name}:{no}: invalid JSON ({e.msg} at column {e.colno})")
-            continue
-        if isinstance(obj, dict):
-            yield f"{path.name}:{no}", obj
-        else:
-            problems.append(f"{path.name}:{no}: expected a JSON object")
 
 
 def clean_items(evalset: EvalSet, n: int, pre: PreprocessConfig | None = None) -> list[Item]:
