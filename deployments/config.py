@@ -384,8 +384,11 @@ class AuthConfig(_Strict):
 class ConversationConfig(_Strict):
     """How a follow-up question becomes a search query (deployments/ingress/conversation.py)."""
 
+    # join by default: on the 44 bundled conversations, join found the follow-up's passage in the top 5
+    # for 95.5% of them, SmolLM2-135M's rewrites for 84.1% (last alone: 39.8%), and join costs no
+    # generation. A larger generator may rewrite better: `ragserve eval` measures it.
     condense: Literal["rewrite", "join", "last"] = Field(
-        "rewrite",
+        "join",
         description="Default for requests with history: rewrite (the generator writes a standalone question; "
         "join if that fails), join (recent user turns joined with the question), last (the question alone).",
     )

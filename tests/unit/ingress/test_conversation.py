@@ -72,7 +72,7 @@ def test_without_history_the_question_is_searched_as_is() -> None:
 
 def test_rewrite_is_used_when_usable() -> None:
     gen = Generator("What does E-4471 mean on the HX-430?")
-    q = ask(pipeline(gen), "And on the HX-430?")
+    q = ask(pipeline(gen), "And on the HX-430?", mode="rewrite")
     assert (q.text, q.mode) == ("What does E-4471 mean on the HX-430?", "rewrite")
     prompt = gen.requests[0].messages[-1].content
     assert "HX-420" in prompt and prompt.endswith("Last question: And on the HX-430?\nStandalone question:")
@@ -81,18 +81,21 @@ def test_rewrite_is_used_when_usable() -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "x" * 500, "What is the 2021 safety policy?"])
 def test_an_unusable_rewrite_falls_back_to_join(text: str) -> None:
-    q = ask(pipeline(Generator(text)), "And on the HX-430?")
+    q = ask(pipeline(Generator(text)), "And on the HX-430?", mode="rewrite")
     assert q.mode == "join" and q.text.endswith("And on the HX-430?") and "HX-420" in q.text
 
 
 def test_an_overloaded_generator_falls_back_to_join() -> None:
-    q = ask(pipeline(Generator(fail=OverloadedError("full"))), "And on the HX-430?")
+    q = ask(pipeline(Generator(fail=OverloadedError("full"))), "And on the HX-430?", mode="rewrite")
     assert q.mode == "join"
 
 
 def test_the_request_and_the_config_choose_the_mode() -> None:
-    gen = Generator("rewritten")
-    assert ask(pipeline(gen, condense="join"), "And on the HX-430?").mode == "join"
+    rewriter = Generator("What does E-4471 mean on the HX-430?")
+    assert ask(pipeline(rewriter, condense="rewrite"), "And on the HX-430?").mode == "rewrite"
+    gen = Generator("What does E-4471 mean on the HX-430?")
+    assert ask(pipeline(gen), "And on the HX-430?").mode == "join"  # the default (measured: README)
+    assert ask(pipeline(gen, condense="rewrite"), "And on the HX-430?", mode="join").mode == "join"
     assert ask(pipeline(gen), "And on the HX-430?", mode="last").text == "And on the HX-430?"
     assert gen.requests == []  # neither asked the generator
 
