@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.protocol.stages import Hit, Mode, PackedContext
 from deployments.protocol.types import (
-    MAX_GROUPS, MAX_TAGS, TIMESTAMP_SCHEMA, ChatMessage, CollectionName, DocId, Filter, Group, Request, StopString, Tag,
+    MAX_GROUPS, MAX_TAGS, TIMESTAMP_SCHEMA, VISIBLE_TEXT, ChatMessage, CollectionName, DocId, Filter, Group, Request, StopString, Tag,
     epoch_seconds, int_is_float,
 )
 
@@ -80,7 +80,8 @@ class ConversationFields(RetrievalFields):
 
 # --------------------------------------------------------------------------- retrieval and answers
 class RetrieveRequest(ConversationFields):
-    question: str = Field(description="The question.", examples=["What does error code E-4471 mean?"])
+    question: str = Field(description="The question.", examples=["What does error code E-4471 mean?"],
+                          json_schema_extra=VISIBLE_TEXT)
 
 
 class Source(BaseModel):
@@ -113,8 +114,8 @@ class RetrieveResponse(BaseModel):
 
 
 class QueryRequest(SamplingFields, ConversationFields):
-    question: str = Field(description="The question.", examples=["What is the maximum water pressure of the "
-                                                                  "Verdant Loop irrigation pump?"])
+    question: str = Field(json_schema_extra=VISIBLE_TEXT, description="The question.", examples=[
+        "What is the maximum water pressure of the Verdant Loop irrigation pump?"])
     stream: bool = Field(False, description="Stream server-sent events.")
 
 
@@ -169,7 +170,7 @@ class QueryDoneEvent(BaseModel):
 
 
 class GenerateRequest(SamplingFields):
-    prompt: str = Field(description="User message sent to the model as is, no retrieval.",
+    prompt: str = Field(json_schema_extra=VISIBLE_TEXT, description="User message sent to the model as is, no retrieval.",
                         examples=["Write one sentence about irrigation pumps."])
     system: str | None = Field(None, description="Optional system message.")
     stream: bool = False

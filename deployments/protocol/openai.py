@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.protocol.api import Condense, SearchQuery, Source
 from deployments.protocol.stages import Mode, PackedContext
-from deployments.protocol.types import CollectionName, Filter, StopString, int_is_float
+from deployments.protocol.types import VISIBLE_TEXT, CollectionName, Filter, StopString, int_is_float
 
 IGNORED = "Accepted and ignored: "
 MAX_N = 4  # completions per request the engine is asked for (each costs a full decode)
@@ -70,7 +70,10 @@ class ChatCompletionMessage(BaseModel):
     400 naming what the served model cannot take (images, audio, files, tool results)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    # tool and function turns are parsed only to answer them with a 400 that says why; the
+    # document lists the roles that are served.
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"] = Field(
+        json_schema_extra={"enum": ["system", "developer", "user", "assistant"]})
     content: str | list[ContentPart] | None = Field(None, description="Text, or text parts.")
     name: str | None = Field(None, description=IGNORED + "participant names are not passed to the model.")
     refusal: str | None = Field(None, description="An assistant turn's refusal text (kept as its content).")
@@ -167,7 +170,10 @@ class CompletionRequest(SamplingOptions):
     """``POST /v1/completions``: the model alone on a raw text prompt (no chat template, no retrieval)."""
 
     model: str | None = Field(None, description="A served model id; default: the generator.")
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(description="Text, or several texts.")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text, or several texts (token arrays are a 400).",
+        json_schema_extra={"anyOf": [{"type": "string", **VISIBLE_TEXT},
+                                     {"type": "array", "items": {"type": "string", **VISIBLE_TEXT}, "minItems": 1}]})
     max_tokens: int | None = Field(None, ge=1, description="Honoured (OpenAI's default is 16).")
     echo: bool | None = Field(None, description="Honoured: the prompt is prepended to each completion.")
     logprobs: int | None = Field(None, ge=0, le=5, description="Honoured: alternatives per token.")

@@ -45,6 +45,9 @@ MAX_EPOCH = 2**62
 TIMESTAMP_SCHEMA = {"anyOf": [{"type": "integer", "exclusiveMinimum": -MAX_EPOCH, "exclusiveMaximum": MAX_EPOCH},
                               {"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
                               {"type": "null"}]}
+#: What a text field's OpenAPI schema requires: one visible character (the server refuses a text
+#: that is empty once whitespace, control and zero-width characters are gone, naming the field).
+VISIBLE_TEXT = {"pattern": r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]"}
 #: A stop string (an empty one would stop before the first token; vLLM refuses it).
 StopString = Annotated[str, StringConstraints(min_length=1)]
 
