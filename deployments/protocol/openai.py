@@ -77,10 +77,15 @@ class ChatCompletionMessage(BaseModel):
     content: str | list[ContentPart] | None = Field(None, description="Text, or text parts.")
     name: str | None = Field(None, description=IGNORED + "participant names are not passed to the model.")
     refusal: str | None = Field(None, description="An assistant turn's refusal text (kept as its content).")
-    tool_calls: list[dict[str, Any]] | None = Field(None, description="Not supported: 400 when non-empty.")
+    # Parsed so that a client sending them gets a 400 saying why; documented as what is served.
+    tool_calls: list[dict[str, Any]] | None = Field(None, description="Not supported: 400 when non-empty.",
+                                                    json_schema_extra={"anyOf": [{"type": "array", "maxItems": 0},
+                                                                                 {"type": "null"}]})
     tool_call_id: str | None = None
-    function_call: dict[str, Any] | None = Field(None, description="Not supported: 400 when set.")
-    audio: dict[str, Any] | None = Field(None, description="Not supported: 400 when set.")
+    function_call: dict[str, Any] | None = Field(None, description="Not supported: 400 when set.",
+                                                 json_schema_extra={"anyOf": [{"type": "null"}]})
+    audio: dict[str, Any] | None = Field(None, description="Not supported: 400 when set.",
+                                         json_schema_extra={"anyOf": [{"type": "null"}]})
 
 
 class StreamOptions(BaseModel):
