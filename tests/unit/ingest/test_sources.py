@@ -81,5 +81,5 @@ def test_outcome_fails_when_nothing_went_in() -> None:
     assert bulk.outcome([]) == (1, "no files found")
     status, line = bulk.outcome([_r("skipped", "empty file"), _r("skipped", "unsupported file type .pptx")])
     assert status == 1 and line.startswith("every file was skipped") and "shared volume" not in line
-    status, line = bulk.outcome([_r("skipped", "[Errno 2] No such file or directory: '/tmp/docs/x.md'")])
+    status, line = bulk.outcome([_r("skipped", "[Errno 2] No such file or directory: 'docs/x.md'")])
     assert status == 1 and "/data/ingest" in line and "s3://" in line
