@@ -1,12 +1,18 @@
 """Does one key over its limit slow down the others? ``python -m deployments.bench.isolation``.
 
 Against a running ragserve with API keys: a *victim* key asks ``/v1/retrieve`` one request at a
-time, first alone, then while a *noisy* key floods the same route from many connections far
-above its rate limit (it should get 429 with ``Retry-After``, before any work is done), then
-alone again. Printed: the victim's p50/p95 in each phase, the noisy/quiet p50 ratio (the quiet
-p50 is the mean of the phases before and after, to bracket drift), and what the noisy key got
-(how many 200s and 429s, whether every 429 carried ``Retry-After``). Numbers, not a verdict:
-this machine is noisy, so the ratio is reported, and read against the target (within 20%).
+time, first alone, then while a *noisy* key sends the same route at a fixed rate far above its
+rate limit (it should get 429 with ``Retry-After``, before any work is done), then alone again.
+Printed: the victim's p50/p95 in each phase, the noisy/quiet p50 ratio (the quiet p50 is the
+mean of the phases before and after, to bracket drift), and what the noisy key got (how many
+200s and 429s, whether every 429 carried ``Retry-After``, the rate it achieved). Numbers, not a
+verdict: this machine is noisy, so the ratio is reported, and read against the target (within 20%).
+
+The flood is open loop (``--rate`` requests/s, the noisy key's limit times a large factor) from
+its own thread and event loop, so the victim's client never waits behind the flood's; a closed
+loop of connections as fast as the server answers (``--rate 0``) measures instead how many
+refusals the machine can answer at all, which on a 2-core machine shared by the client, the proxy
+and every stage is a CPU denial of service, for a network-level limiter in front of the app.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -42,46 +49,75 @@ async def victim(client: httpx.AsyncClient, key: str, n: int, collection: str | 
     return out
 
 
-async def flood(client: httpx.AsyncClient, key: str, stop: asyncio.Event, connections: int,
+async def flood(client: httpx.AsyncClient, key: str, stop: threading.Event, connections: int, rate: float,
                 collection: str | None = None) -> Counter[str]:
-    """Retrievals from ``connections`` loops until ``stop``: counts by status, and 429s without
-    ``Retry-After``."""
+    """Retrievals until ``stop``: at ``rate`` per second (open loop, at most ``connections`` in
+    flight; ``rate`` 0: ``connections`` loops as fast as answered). Counts by status, and 429s
+    without ``Retry-After``."""
     got: Counter[str] = Counter()
+    slots = asyncio.Semaphore(connections)
 
-    async def loop(i: int) -> None:
-        while not stop.is_set():
+    async def one(i: int) -> None:
+        try:
             r = await client.post("/v1/retrieve", json=body(i, collection), headers={"authorization": f"Bearer {key}"})
-            got[str(r.status_code)] += 1
-            if r.status_code == 429 and not r.headers.get("retry-after"):
-                got["429 without Retry-After"] += 1
+        finally:
+            slots.release()
+        got[str(r.status_code)] += 1
+        if r.status_code == 429 and not r.headers.get("retry-after"):
+            got["429 without Retry-After"] += 1
 
-    await asyncio.gather(*(loop(i) for i in range(connections)))
+    tasks, i, start = set(), 0, time.perf_counter()
+    while not stop.is_set():
+        if rate > 0:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        await slots.acquire()
+        task = asyncio.create_task(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+    await asyncio.gather(*tasks)
+    got["sent_per_s"] = round(i / (time.perf_counter() - start))
     return got
+
+
+def flood_in_thread(url: str, key: str, stop: threading.Event, connections: int, rate: float,
+                    collection: str | None, transport: httpx.AsyncBaseTransport | None) -> dict[str, Any]:
+    """Run :func:`flood` on its own event loop in a thread; the returned dict fills in when it ends."""
+    out: dict[str, Any] = {}
+
+    async def go() -> None:
+        limits = httpx.Limits(max_connections=connections)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport) as client:
+            out.update(await flood(client, key, stop, connections, rate, collection))
+
+    thread = threading.Thread(target=lambda: asyncio.run(go()), name="flood", daemon=True)
+    thread.start()
+    out["_thread"] = thread
+    return out
 
 
 def summary(ms: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 1), "p95_ms": round(percentile(ms, 95), 1)}
 
 
-async def run(url: str, key: str, noisy_key: str, n: int, connections: int, collection: str | None = None,
-              transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
+async def run(url: str, key: str, noisy_key: str, n: int, connections: int, rate: float = 20.0,
+              collection: str | None = None, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Any]:
     """The three phases (see the module docstring); ``transport`` replaces the network in tests."""
-    limits = httpx.Limits(max_connections=connections + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, transport=transport) as client:
         await victim(client, key, 3, collection)  # warm-up
         before = await victim(client, key, n, collection)
-        stop = asyncio.Event()
-        noisy = asyncio.create_task(flood(client, noisy_key, stop, connections, collection))
+        stop = threading.Event()
+        got = flood_in_thread(url, noisy_key, stop, connections, rate, collection, transport)
         await asyncio.sleep(1.0)  # let the flood start
         during = await victim(client, key, n, collection)
         stop.set()
-        got = await noisy
+        await asyncio.to_thread(got.pop("_thread").join)
         after = await victim(client, key, n, collection)
     quiet = (percentile(before, 50) + percentile(after, 50)) / 2
-    return {"url": url, "connections": connections, "victim": {
+    return {"url": url, "connections": connections, "rate_per_s": rate, "victim": {
                 "before": summary(before), "during": summary(during), "after": summary(after),
                 "p50_ratio_noisy_over_quiet": round(percentile(during, 50) / quiet, 3)},
-            "noisy_key": dict(got)}
+            "noisy_key": got}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", required=True, help="the victim's API key (no tight limit)")
     p.add_argument("--noisy-key", required=True, help="a key with a low requests_per_s")
     p.add_argument("--requests", type=int, default=60, help="victim requests per phase")
-    p.add_argument("--connections", type=int, default=16, help="the noisy key's concurrent connections")
+    p.add_argument("--rate", type=float, default=20.0,
+                   help="the noisy key's requests per second (0: as fast as answered, --connections at once)")
+    p.add_argument("--connections", type=int, default=16, help="the noisy key's most requests in flight")
     p.add_argument("--collection", help="collection both keys search (default: the server's)")
     args = p.parse_args(argv)
-    report = asyncio.run(run(args.url, args.key, args.noisy_key, args.requests, args.connections, args.collection))
+    report = asyncio.run(run(args.url, args.key, args.noisy_key, args.requests, args.connections, args.rate,
+                             args.collection))
     print(json.dumps(report, indent=2))
     return 0
 

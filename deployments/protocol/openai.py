@@ -15,16 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deployments.protocol.api import Condense, SearchQuery, Source
 from deployments.protocol.stages import Mode, PackedContext
-from deployments.protocol.types import VISIBLE_TEXT, CollectionName, Filter, StopString, int_is_float
+from deployments.protocol.types import (
+    MAX_SEED, MIN_SEED, VISIBLE_TEXT, CollectionName, Filter, Request, StopString, float_is_int, int_is_float,
+)
 
 IGNORED = "Accepted and ignored: "
 MAX_N = 4  # completions per request the engine is asked for (each costs a full decode)
+#: What ``tool_choice``/``function_call`` may be (any other is parsed, to be a 400 that says why).
+NO_TOOL_CHOICE = {"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
 
 
-class OpenAIRequest(BaseModel):
+class OpenAIRequest(Request):
     """Base of the OpenAI request bodies: unknown fields and wrong types are 400s, like OpenAI's own."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty", mode="before",
                      check_fields=False)
@@ -74,7 +76,14 @@ class ChatCompletionMessage(BaseModel):
     # document lists the roles that are served.
     role: Literal["system", "developer", "user", "assistant", "tool", "function"] = Field(
         json_schema_extra={"enum": ["system", "developer", "user", "assistant"]})
-    content: str | list[ContentPart] | None = Field(None, description="Text, or text parts.")
+    # Image, audio and file parts are parsed only to answer them with a 400 that says why; the
+    # document lists the parts that are served (inline: a $ref here is not remapped by pydantic).
+    content: str | list[ContentPart] | None = Field(
+        None, description="Text, or text (and an assistant's refusal) parts.",
+        json_schema_extra={"anyOf": [{"type": "string"},
+                                     {"type": "array", "items": {"oneOf": [TextPart.model_json_schema(),
+                                                                           RefusalPart.model_json_schema()]}},
+                                     {"type": "null"}]})
     name: str | None = Field(None, description=IGNORED + "participant names are not passed to the model.")
     refusal: str | None = Field(None, description="An assistant turn's refusal text (kept as its content).")
     # Parsed so that a client sending them gets a 400 saying why; documented as what is served.
@@ -128,13 +137,18 @@ class SamplingOptions(OpenAIRequest):
     logit_bias: dict[str, int] | None = Field(None, description="Honoured: token ids of the served model's "
                                               "tokenizer -> bias in [-100, 100].")
     n: int | None = Field(None, ge=1, le=MAX_N, description=f"Honoured, up to {MAX_N}.")
-    seed: int | None = Field(None, description="Honoured (reproducible sampling).")
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED, description="Honoured (reproducible sampling).")
     stop: StopString | list[StopString] | None = Field(None, description="Honoured, up to 8 strings.")
     stream: bool | None = Field(None, description="Honoured: server-sent events ending with data: [DONE].")
     stream_options: StreamOptions | None = Field(None, description="Honoured: include_usage.")
     temperature: float | None = Field(None, ge=0, le=2, description="Honoured.")
     top_p: float | None = Field(None, gt=0, le=1, description="Honoured.")
     user: str | None = Field(None, max_length=256, description="Honoured: written to the request log line.")
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _biases(cls, v: object) -> object:
+        return {k: float_is_int(b) for k, b in v.items()} if isinstance(v, dict) else v
 
 
 class ChatCompletionRequest(SamplingOptions, ExtensionFields):
@@ -151,10 +165,12 @@ class ChatCompletionRequest(SamplingOptions, ExtensionFields):
                                                    "through the engine's structured outputs.")
     tools: list[dict[str, Any]] | None = Field(None, description=IGNORED + "the served model calls no tools; "
                                                "tool_choice other than none/auto is a 400.")
-    tool_choice: str | dict[str, Any] | None = Field(None, description="none or auto only.")
+    tool_choice: str | dict[str, Any] | None = Field(None, description="none or auto only.",
+                                                     json_schema_extra=NO_TOOL_CHOICE)
     parallel_tool_calls: bool | None = Field(None, description=IGNORED + "no tools are called.")
     functions: list[dict[str, Any]] | None = Field(None, description=IGNORED + "deprecated tools.")
-    function_call: str | dict[str, Any] | None = Field(None, description="none or auto only.")
+    function_call: str | dict[str, Any] | None = Field(None, description="none or auto only.",
+                                                       json_schema_extra=NO_TOOL_CHOICE)
     audio: dict[str, Any] | None = Field(None, description="Not supported: 400 when set (text only).")
     modalities: list[Literal["text", "audio"]] | None = Field(None, description="text only; audio is a 400.")
     metadata: dict[str, str] | None = Field(None, description=IGNORED + "nothing is stored.")
@@ -182,7 +198,7 @@ class CompletionRequest(SamplingOptions):
     max_tokens: int | None = Field(None, ge=1, description="Honoured (OpenAI's default is 16).")
     echo: bool | None = Field(None, description="Honoured: the prompt is prepended to each completion.")
     logprobs: int | None = Field(None, ge=0, le=5, description="Honoured: alternatives per token.")
-    best_of: int | None = Field(None, ge=1, description="Honoured when equal to n (the engine returns what it "
+    best_of: int | None = Field(None, ge=1, le=MAX_N, description="Honoured when equal to n (the engine returns what it "
                                 "samples); larger is a 400.")
     suffix: str | None = Field(None, description="Not supported: 400 when set (no insertion mode).")
 

@@ -48,6 +48,9 @@ TIMESTAMP_SCHEMA = {"anyOf": [{"type": "integer", "exclusiveMinimum": -MAX_EPOCH
 #: What a text field's OpenAPI schema requires: one visible character (the server refuses a text
 #: that is empty once whitespace, control and zero-width characters are gone, naming the field).
 VISIBLE_TEXT = {"pattern": r"[^\s\x00-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]"}
+#: Sampling seeds: what the engine's torch generator takes (a larger one failed inside the engine,
+#: after admission: a 503 for the caller's own input).
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 #: A stop string (an empty one would stop before the first token; vLLM refuses it).
 StopString = Annotated[str, StringConstraints(min_length=1)]
 
@@ -70,6 +73,25 @@ def epoch_seconds(value: int | str | None) -> int:
     return int((dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp())
 
 
+def int_is_float(v: object) -> object:
+    """JSON has one number type: accept 1 for 1.0 in a float field even in strict mode."""
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def float_is_int(v: object) -> object:
+    """JSON has one number type: 2.0 is the integer 2 (JSON Schema's ``integer`` says so too, and
+    clients that keep numbers as doubles send it); 2.5 stays a float, a 400 in an integer field."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+#: The integer fields of the request bodies (of either surface): each takes an integral ``2.0``
+#: (:func:`float_is_int`) and stays strict otherwise (``"2"`` and ``2.5`` are 400s). A validator
+#: rather than an annotated type: pydantic 2.14 documents ``ge``/``le`` of an annotated type in a
+#: union as ``ge``/``le``, not JSON Schema's ``minimum``/``maximum``.
+INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "seed", "top_k", "n", "top_logprobs", "logprobs",
+                  "best_of", "dimensions", "created_at")
+
+
 class Message(BaseModel):
     """Base of the stage messages: frozen, no unknown fields."""
 
@@ -82,10 +104,10 @@ class Request(BaseModel):
     # strict: "5" is not an int and 1 is not a string, so wrong types are 400s, not guesses.
     model_config = ConfigDict(extra="forbid", strict=True)
 
-
-def int_is_float(v: object) -> object:
-    """JSON has one number type: accept 1 for 1.0 in a float field even in strict mode."""
-    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    @field_validator(*INTEGER_FIELDS, mode="before", check_fields=False)
+    @classmethod
+    def _integers(cls, v: object) -> object:
+        return float_is_int(v)
 
 
 class Filter(BaseModel):
@@ -108,10 +130,11 @@ class Filter(BaseModel):
     updated_after: int | str | None = Field(None, description="Ingested (this version) at or after this.", json_schema_extra=TIMESTAMP_SCHEMA)
     updated_before: int | str | None = Field(None, description="Ingested before this.", json_schema_extra=TIMESTAMP_SCHEMA)
 
-    @field_validator("created_after", "created_before", "updated_after", "updated_before")
+    @field_validator("created_after", "created_before", "updated_after", "updated_before", mode="before")
     @classmethod
-    def _time(cls, v: int | str | None) -> int | None:
-        return None if v is None else epoch_seconds(v)
+    def _time(cls, v: object) -> object:
+        v = float_is_int(v)
+        return epoch_seconds(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else v
 
     @field_validator("doc_ids", "sources", "tags_any", "tags_all", mode="before")
     @classmethod

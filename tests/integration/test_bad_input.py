@@ -22,6 +22,9 @@ CASES = [
     ("/v1/retrieve", {"question": "pump", "top_k": 51}, 400, "top_k", "50"),
     ("/v1/retrieve", {"question": "pump", "mode": "fuzzy"}, 400, "mode", "hybrid"),
     ("/v1/generate", {"prompt": ""}, 400, "prompt", "empty"),
+    # A seed the engine's generator cannot hold is the caller's input, refused before the engine.
+    ("/v1/generate", {"prompt": "hi", "seed": 2**64, "max_tokens": 2}, 400, "seed", "less than or equal"),
+    ("/v1/query", {"question": "hi", "top_k": 2.5}, 400, "top_k", "integer"),
     # The caller's own text is named: their prompt alone does not fit, or their max_tokens next to it.
     ("/v1/generate", {"prompt": "word " * 3000, "max_tokens": 64}, 400, "prompt", "shorten"),
     ("/v1/generate", {"prompt": "word " * 1500, "max_tokens": 1000}, 400, "max_tokens", "at most"),
@@ -63,6 +66,13 @@ def test_malformed_bodies(stack, content: bytes, words: str) -> None:
     r = stack.client.post("/v1/query", content=content, headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text
     assert words in r.json()["error"]["message"].lower()
+
+
+def test_integral_floats_are_integers(stack) -> None:
+    # The document declares JSON Schema integers, which admit 2.0 (clients keeping numbers as doubles).
+    r = stack.client.post("/v1/retrieve", json={"question": "error code E-4471", "top_k": 2.0})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["sources"]) == 2
 
 
 def test_oversized_body_is_413(stack) -> None:

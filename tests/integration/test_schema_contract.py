@@ -40,9 +40,6 @@ FUZZ = "fuzz"
 APP = "fuzzed"
 EXAMPLES = int(os.environ.get("RAGSERVE_FUZZ_EXAMPLES", "12"))
 COVERAGE = os.environ.get("RAGSERVE_FUZZ_COVERAGE") == "1"
-#: Integer body fields (top level) of the generating and retrieval routes.
-INTEGER_FIELDS = ("n", "top_k", "max_tokens", "max_completion_tokens", "top_logprobs", "logprobs", "seed",
-                  "best_of", "dimensions")
 #: Routes that generate (unless streamed or not, they all take max_tokens).
 GENERATING = ("/v1/query", "/v1/generate", "/v1/chat/completions", "/v1/completions")
 #: Generation lengths and fan-out kept small: each token costs ~0.1 s on a 2-core CPU.
@@ -73,12 +70,12 @@ def confine(case) -> None:
     Only values of the right type are replaced, and a missing ``name`` is left missing, so a
     negative case (a wrong type, a required field removed) stays negative."""
     if isinstance(case.body, dict) and case.meta is not None and case.meta.generation.mode.is_positive:
-        # Two rules of the server the document cannot state, kept out of positive cases (and in
-        # the closing note): JSON Schema's "integer" admits 2.0, which the strict models refuse
-        # (a 400 naming the field); and a chat's last message must be the user's question.
-        for key, value in list(case.body.items()):
-            if isinstance(value, float) and value.is_integer() and key in INTEGER_FIELDS:
-                case.body[key] = int(value)
+        # Rules between fields that the document states in words, not in its schema (each is a
+        # 400 naming the field, tested in tests/integration/test_bad_input.py and the OpenAI
+        # client tests), kept out of positive cases: a chat's last message is the user's question,
+        # top_logprobs needs logprobs: true, and best_of equals n.
+        if integral(case.body.get("top_logprobs")):
+            case.body["logprobs"] = True
         msgs = case.body.get("messages")
         if case.path == "/v1/chat/completions" and isinstance(msgs, list) and not (
                 msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "user"
@@ -87,8 +84,10 @@ def confine(case) -> None:
     if isinstance(case.body, dict):
         for key, limit in CLAMPS.items():
             value = case.body.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value <= maximum(case.path, key):
-                case.body[key] = min(value, limit)  # above the declared maximum it must stay a 400
+            if integral(value) and value <= maximum(case.path, key):
+                case.body[key] = min(int(value), limit)  # above the declared maximum it must stay a 400
+        if integral(case.body.get("best_of")) and case.meta is not None and case.meta.generation.mode.is_positive:
+            case.body["best_of"] = case.body["n"] if integral(case.body.get("n")) else 1  # n as clamped
         if case.path in GENERATING and not any(k in case.body for k in ("max_tokens", "max_completion_tokens")):
             case.body["max_tokens"] = CLAMPS["max_tokens"]  # not the server's default 128 tokens
         if case.path == "/v1/embeddings":
@@ -121,6 +120,12 @@ def maximum(path: str, key: str) -> float:
     return min(found) if found else float("inf")
 
 
+def integral(value: object) -> bool:
+    """Whether a JSON value is an integer as JSON Schema counts them (2 and 2.0, not true)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer())
+
+
 #: A field the generated request does not have.
 ABSENT = object()
 
@@ -148,14 +153,6 @@ def fuzzed(stack, keyed_ingress) -> Iterator[Fuzzed]:
     httpx.delete(f"{f.url}/v1/collections/{FUZZ}", headers=headers, timeout=60)
 
 
-#: Open findings of the fuzz (each a real mismatch, listed in the issue notes): integral floats for
-#: integer fields nested in documents and filters, image/audio/file chat parts documented but
-#: refused, and a 503 "generator engine failed" on one generated /v1/generate body. Until they are
-#: fixed the fuzz runs and reports in CI without blocking it.
-OPEN_FINDINGS = pytest.mark.xfail(reason="open fuzz findings (see OPEN_FINDINGS)", strict=False)
-
-
-@OPEN_FINDINGS
 @schema.parametrize()
 @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                      suppress_health_check=list(hypothesis.HealthCheck),

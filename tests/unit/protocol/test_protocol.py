@@ -96,6 +96,38 @@ def test_int_sampling_values_become_floats(model: type[BaseModel], how: str) -> 
     assert isinstance(req.top_p, float)
 
 
+@pytest.mark.parametrize(("model", "body", "read"), [
+    (RetrieveRequest, {"question": "q", "top_k": 3.0}, lambda r: r.top_k),
+    (QueryRequest, {"question": "q", "max_tokens": 8.0}, lambda r: r.max_tokens),
+    (GenerateRequest, {"prompt": "p", "seed": 7.0}, lambda r: r.seed),
+    (ChatCompletionRequest, {"messages": MSGS, "n": 2.0}, lambda r: r.n),
+    (ChatCompletionRequest, {"messages": MSGS, "logit_bias": {"5": 3.0}}, lambda r: r.logit_bias["5"]),
+    (RetrieveRequest, {"question": "q", "filter": {"created_after": 100.0}}, lambda r: r.filter.created_after),
+    (DocumentsRequest, {"documents": [{"id": "a", "text": "t", "created_at": 100.0}]},
+     lambda r: r.documents[0].created_at),
+], ids=["top_k", "max_tokens", "seed", "n", "logit_bias", "filter-time", "created_at"])
+def test_integral_floats_are_integers(model: type[BaseModel], body: dict, read: Any, how: str) -> None:
+    # JSON Schema's "integer" (what the document declares) admits 3.0; a client keeping numbers
+    # as doubles sends it.
+    value = read(_validate(model, body, how))
+    assert isinstance(value, int) and not isinstance(value, bool) and value == int(value)
+
+
+@pytest.mark.parametrize(("model", "body", "loc"), [
+    (RetrieveRequest, {"question": "q", "top_k": 3.5}, ("top_k",)),
+    (RetrieveRequest, {"question": "q", "top_k": True}, ("top_k",)),
+    (ChatCompletionRequest, {"messages": MSGS, "logit_bias": {"5": 0.5}}, ("logit_bias", "5")),
+    (RetrieveRequest, {"question": "q", "filter": {"created_after": 1.5}}, ("filter", "created_after", "int")),
+    (GenerateRequest, {"prompt": "p", "seed": 2**63}, ("seed",)),
+    (ChatCompletionRequest, {"messages": MSGS, "seed": -(2**63) - 1}, ("seed",)),
+], ids=["fraction", "bool", "bias-fraction", "filter-fraction", "seed-over-int64", "seed-under-int64"])
+def test_non_integers_and_seeds_beyond_int64_are_refused(model: type[BaseModel], body: dict, loc: tuple,
+                                                         how: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        _validate(model, body, how)
+    assert _loc(exc.value) == loc
+
+
 @pytest.mark.parametrize("model", SAMPLED, ids=lambda m: m.__name__)
 @pytest.mark.parametrize(
     ("field", "value"),
