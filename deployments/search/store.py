@@ -20,7 +20,9 @@ from typing import Any
 
 from deployments.config import MilvusConfig, SearchConfig
 from deployments.envs import env
-from deployments.errors import ConflictError, DependencyTimeoutError, DependencyUnavailableError, NotFoundError
+from deployments.errors import (
+    ConflictError, DependencyTimeoutError, DependencyUnavailableError, NotFoundError, RagServeError,
+)
 from deployments.protocol.stages import Hit
 from deployments.protocol.types import Filter
 from deployments.search.filters import LIVE, compile_filter, quote
@@ -38,12 +40,16 @@ REQUIRED_FIELDS = frozenset({"id", "doc_id", "doc_hash", "live", "tags", "create
 
 @contextmanager
 def milvus_errors(what: str, timeout_s: float) -> Iterator[None]:
-    """Map pymilvus failures to typed 503/504 errors."""
-    from pymilvus.exceptions import MilvusException
+    """Map pymilvus failures to typed errors: 503/504 for Milvus, 500 for data ragserve built wrong."""
+    from pymilvus.exceptions import DataNotMatchException, DataTypeNotMatchException, MilvusException
 
     start = time.monotonic()
     try:
         yield
+    except (DataNotMatchException, DataTypeNotMatchException) as e:
+        # Rows are built here from validated input: a mismatch is this server's bug, not an
+        # unavailable Milvus (a 503 would invite retries that fail the same way).
+        raise RagServeError(f"Milvus refused the rows built for {what}: {getattr(e, 'message', e)}") from None
     except MilvusException as e:
         elapsed = time.monotonic() - start
         msg = f"Milvus {what} failed: {e.message if hasattr(e, 'message') else e}"
