@@ -103,8 +103,18 @@ def test_reorder_applies_newest_first_only_without_key_terms() -> None:
     cfg = PrecisionConfig(prefer_newest="created_at")
     assert [h.doc_id for h in reorder([old, new], (), cfg, K)] == ["new", "old"]
     assert [h.doc_id for h in reorder([old, new], ("2022",), cfg, K)] == ["old", "new"]  # asked for 2022
-    assert [h.doc_id for h in reorder([old, new], (), PrecisionConfig(), K)] == ["old", "new"]  # off
+    off = PrecisionConfig(prefer_newest="off")
+    assert [h.doc_id for h in reorder([old, new], (), off, K)] == ["old", "new"]
+    assert PrecisionConfig().prefer_newest == "created_at"  # on by default: it measured better
 
 
 def test_exact_terms_off_keeps_the_fused_order() -> None:
     assert reorder([OLD, NEW], ("3.4.1",), PrecisionConfig(exact_terms=False), K) == [OLD, NEW]
+
+
+def test_siblings_below_the_threshold_keep_their_order() -> None:
+    """Pages of two products on one error code are alike but not revisions: not reordered by date."""
+    a = hit("hx420", "On the HX-420 error E-17 means the brine sensor fails; check terminal X4.", created_at=1)
+    b = hit("hx430", "On the HX-430 error E-17 means the brine sensor fails after a delay; check X6.", created_at=2)
+    assert jaccard(frozenset(a.text.casefold().split()), frozenset(b.text.casefold().split())) < 0.8
+    assert [h.doc_id for h in reorder([a, b], (), PrecisionConfig(), K)] == ["hx420", "hx430"]
