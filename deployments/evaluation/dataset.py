@@ -72,6 +72,12 @@ class Passage(_Record):
             doc["created_at"] = self.created_at.isoformat()
         return doc
 
+    @property
+    def cluster(self) -> str:
+        """The near-duplicate cluster: passages whose ``source`` lies in one directory (a product
+        family, a series of release notes, revisions of one policy); the id when there is no source."""
+        return self.source.rsplit("/", 1)[0] if "/" in self.source else self.id
+
 
 class Question(_Record):
     """One labelled question."""
@@ -128,6 +134,13 @@ class EvalSet:
     passages: list[Passage]
     questions: list[Question]
     conversations: list[Conversation] = field(default_factory=list)
+
+    def twins(self, q: Question) -> list[str]:
+        """Ids of the near-duplicates of ``q``'s relevant passages: the other passages of their
+        clusters (see :attr:`Passage.cluster`), in set order."""
+        rel = set(q.relevant)
+        clusters = {p.cluster for p in self.passages if p.id in rel}
+        return [p.id for p in self.passages if p.cluster in clusters and p.id not in rel]
 
 
 def fold(text: str) -> str:

@@ -16,6 +16,13 @@ METRICS: tuple[str, ...] = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10
 LABELS: dict[str, str] = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "mrr": "MRR",
                           "ndcg@10": "nDCG@10"}
 
+#: Whether the first relevant id is ranked above every near-duplicate ("twin") of the relevant
+#: passages (:func:`above_twins`); scored per question beside :data:`METRICS`.
+TWIN = "above_twin"
+#: Every per-question score of a retrieval question, in table order.
+QUESTION_METRICS: tuple[str, ...] = (*METRICS, TWIN)
+LABELS[TWIN] = "twin"
+
 T = TypeVar("T")
 
 
@@ -60,6 +67,22 @@ def ndcg_at_k(ranked: Sequence[str], relevant: Iterable[str], k: int = 10) -> fl
     dcg = sum(1.0 / math.log2(r + 1) for r, doc in enumerate(ranked[:k], start=1) if doc in rel)
     ideal = sum(1.0 / math.log2(r + 1) for r in range(1, min(len(rel), k) + 1))
     return dcg / ideal
+
+
+def above_twins(ranked: Sequence[str], relevant: Iterable[str], twins: Iterable[str]) -> float:
+    """1.0 when a relevant id is ranked and comes before every twin (a twin not ranked at all
+    counts as below), else 0.0. Without twins it is whether a relevant id is ranked at all.
+
+    Recall@1 asks "is the right passage first?"; this asks the narrower "is it above the
+    passages most easily mistaken for it?" (3.4.0 vs 3.4.1, HX-420 vs HX-430).
+    """
+    rel, twin = _check(relevant), set(twins)
+    for doc in ranked:
+        if doc in rel:
+            return 1.0
+        if doc in twin:
+            return 0.0
+    return 0.0
 
 
 def score(ranked: Sequence[str], relevant: Iterable[str]) -> dict[str, float]:
@@ -117,12 +140,17 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], rounds: int = 2000,
             "p_not_better": sum(m <= 0 for m in means) / rounds}
 
 
-def summarize(records: Sequence[Mapping[str, Any]], mode: str) -> dict[str, Any]:
-    """Means of ``record["scores"][mode]`` overall, per ``record["lang"]`` and per
-    ``record["type"]``: the aggregate of one mode in a report."""
+def summarize(records: Sequence[Mapping[str, Any]], mode: str, names: Sequence[str] = METRICS) -> dict[str, Any]:
+    """Means of the ``names`` in ``record["scores"][mode]`` overall, per ``record["lang"]``, per
+    ``record["type"]`` and, when records carry ``names_code`` (whether the question names a key
+    term: a version, code, year or model number), per ``code`` / ``no_code``: the aggregate of
+    one mode in a report."""
     def scores(r: Mapping[str, Any]) -> Mapping[str, float]:
         return r["scores"][mode]
 
-    return {"overall": mean([scores(r) for r in records]),
-            "by_lang": grouped(records, lambda r: r["lang"], scores),
-            "by_type": grouped(records, lambda r: r["type"], scores)}
+    out = {"overall": mean([scores(r) for r in records], names),
+           "by_lang": grouped(records, lambda r: r["lang"], scores, names),
+           "by_type": grouped(records, lambda r: r["type"], scores, names)}
+    if records and all("names_code" in r for r in records):
+        out["by_code"] = grouped(records, lambda r: "code" if r["names_code"] else "no_code", scores, names)
+    return out

@@ -30,6 +30,7 @@ from deployments.evaluation import conversational, metrics
 from deployments.evaluation.client import EvalError, gather_bounded, message, served_mode
 from deployments.evaluation.client import post as _post
 from deployments.evaluation.dataset import EvalSet, Question, fold
+from deployments.preprocess.terms import key_terms
 
 MODES: tuple[str, ...] = ("dense", "lexical", "hybrid")
 #: Boolean checks of the grounding step, in report order.
@@ -162,6 +163,7 @@ async def run(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions(),
     async with httpx.AsyncClient(base_url=url, timeout=opts.timeout_s, transport=transport, headers=headers) as client:
         loaded = await load_passages(client, evalset, opts)
         per_q: list[dict[str, Any]] = [{"id": q.id, "lang": q.lang, "type": q.type, "relevant": q.relevant,
+                                        "twins": evalset.twins(q), "names_code": bool(key_terms(q.question)),
                                         "ranked": {}, "scores": {}} for q in qs]
         modes: dict[str, Any] = {}
         for mode in opts.modes:
@@ -169,9 +171,10 @@ async def run(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions(),
             served: dict[str, int] = {}
             for rec, q, (ranked, how) in zip(per_q, qs, await retrieve_all(client, qs, mode, opts), strict=True):
                 rec["ranked"][mode] = ranked
-                rec["scores"][mode] = metrics.score(ranked, q.relevant)
+                rec["scores"][mode] = metrics.score(ranked, q.relevant) | {
+                    metrics.TWIN: metrics.above_twins(ranked, q.relevant, rec["twins"])}
                 served[how] = served.get(how, 0) + 1
-            modes[mode] = metrics.summarize(per_q, mode) | {"seconds": round(time.perf_counter() - start, 2),
+            modes[mode] = metrics.summarize(per_q, mode, metrics.QUESTION_METRICS) | {"seconds": round(time.perf_counter() - start, 2),
                                                             "served_as": served}
         convs = None
         if opts.condense and evalset.conversations:
@@ -192,21 +195,43 @@ def run_sync(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions()) -> d
 
 
 # --------------------------------------------------------------------------- output
-def format_table(report: dict[str, Any]) -> str:
-    """Rows: modes; columns: recall@1/5/10, MRR, nDCG@10, then nDCG@10 per language and per
-    question type; then the grounding rates (if the check ran) and what each step took; then the
-    conversations' table (:func:`conversational.format_table`), if they ran."""
-    modes = report["modes"]
+#: Scores shown per question type and per code group in the second table.
+_DETAIL = ("recall@1", "mrr", metrics.TWIN)
+
+
+def _detail_table(modes: dict[str, Any]) -> list[str]:
+    """Rows: modes; columns: R@1, MRR and the twin rate per question type, then for questions
+    that name a code (version, identifier, year, model number) and those that name none."""
     first = next(iter(modes.values()))
-    langs, types = list(first["by_lang"]), list(first["by_type"])
-    head = [metrics.LABELS[m] for m in metrics.METRICS] + [f"nDCG {g}" for g in langs + types]
+    groups = [("by_type", g) for g in first["by_type"]] + [("by_code", g) for g in first.get("by_code", {})]
+    head = [f"{metrics.LABELS[m]} {g}" for _, g in groups for m in _DETAIL]
     widths = [max(7, len(h)) for h in head]
     lines = [f"{'mode':8}" + " ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True))]
     for mode, agg in modes.items():
-        vals = [agg["overall"][m] for m in metrics.METRICS]
+        vals = [agg[k][g][m] for k, g in groups for m in _DETAIL]
+        lines.append(f"{mode:8}" + " ".join(f"{v:>{w}.3f}" for v, w in zip(vals, widths, strict=True)))
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Rows: modes; columns: recall@1/5/10, MRR, nDCG@10, the twin rate, then nDCG@10 per
+    language and per question type; then R@1, MRR and twin rate per question type and code group
+    (:func:`_detail_table`); then the grounding rates (if the check ran) and what each step took;
+    then the conversations' table (:func:`conversational.format_table`), if they ran."""
+    modes = report["modes"]
+    first = next(iter(modes.values()))
+    langs, types = list(first["by_lang"]), list(first["by_type"])
+    names = [m for m in metrics.QUESTION_METRICS if m in first["overall"]]
+    head = [metrics.LABELS[m] for m in names] + [f"nDCG {g}" for g in langs + types]
+    widths = [max(7, len(h)) for h in head]
+    lines = [f"{'mode':8}" + " ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True))]
+    for mode, agg in modes.items():
+        vals = [agg["overall"][m] for m in names]
         vals += [agg["by_lang"][g]["ndcg@10"] for g in langs] + [agg["by_type"][g]["ndcg@10"] for g in types]
         lines.append(f"{mode:8}" + " ".join(f"{v:>{w}.3f}" for v, w in zip(vals, widths, strict=True)))
-    counts = ", ".join(f"{g}={first[k][g]['n']}" for k in ("by_lang", "by_type") for g in first[k])
+    if metrics.TWIN in first["overall"]:
+        lines += ["", *_detail_table(modes)]
+    counts = ", ".join(f"{g}={first[k][g]['n']}" for k in ("by_lang", "by_type", "by_code") for g in first.get(k, {}))
     lines.append(f"({report['config']['questions']} questions: {counts}; "
                  f"{report['config']['passages']} passages in '{report['config']['collection']}')")
     for mode, agg in modes.items():

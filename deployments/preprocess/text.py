@@ -17,7 +17,7 @@ from typing import Literal
 
 from deployments.config import PreprocessConfig
 from deployments.errors import InvalidRequestError, PayloadTooLargeError
-from deployments.preprocess import stopwords
+from deployments.preprocess import stopwords, terms
 from deployments.protocol.stages import PreparedQuery
 
 _HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -106,7 +106,8 @@ def prepare_query(question: str, cfg: PreprocessConfig) -> PreparedQuery:
     if not text:
         raise InvalidRequestError("question is empty", param="question")
     tokens = tokenize(text, cfg)[: cfg.max_query_tokens]
-    return PreparedQuery(text=text, tokens=tuple(tokens), language=language(text))
+    return PreparedQuery(text=text, tokens=tuple(tokens), language=language(text),
+                         key_terms=terms.key_terms(text))
 
 
 def document_lexical(text: str, cfg: PreprocessConfig) -> str:

@@ -21,6 +21,9 @@ class PreparedQuery(Message):
     text: str = Field(description="Unicode-normalised question, whitespace collapsed.")
     tokens: tuple[str, ...] = Field(description="Lexical tokens: segmented, stopwords removed, stemmed.")
     language: Literal["en", "zh", "mixed"] = Field(description="Dominant script of the question.")
+    key_terms: tuple[str, ...] = Field(
+        (), description="Identifiers, versions, years and model numbers the question names, in canonical form "
+        "(deployments/preprocess/terms.py): the search stage prefers passages naming them exactly.")
 
     @property
     def lexical_text(self) -> str:

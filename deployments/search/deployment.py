@@ -16,6 +16,7 @@ from deployments.config import SearchConfig
 from deployments.errors import DependencyUnavailableError, InvalidRequestError, NotFoundError
 from deployments.protocol.stages import SearchRequest, SearchResult
 from deployments.protocol.types import is_default_collection
+from deployments.search import precision
 from deployments.search.store import ChunkStore, connect, list_collections
 
 log = logging.getLogger(__name__)
@@ -89,17 +90,28 @@ class Searcher:
             if req.top_k > self.cfg.max_top_k:
                 raise InvalidRequestError(f"top_k must be <= {self.cfg.max_top_k}", param="top_k")
             mode = req.mode or self.cfg.mode
+            # A hybrid request is reordered for precision even when served lexically (a language
+            # the encoder does not know): twins are as common in Chinese as in English.
+            reorder = mode == "hybrid" and self._reorders()
             if mode == "hybrid" and req.query.language not in self.cfg.dense_languages:
                 mode = "lexical"  # the response's `mode` says so
+            fetch = max(req.top_k, self.cfg.precision.candidates) if reorder else req.top_k
 
             def run() -> SearchResult:
                 store = self._store(req.collection, len(req.vector))
-                hits = store.search(req.vector, req.query.lexical_text, req.top_k, mode, req.filter, req.acl)
-                return SearchResult(hits=tuple(hits), mode=mode)  # type: ignore[arg-type]
+                hits = store.search(req.vector, req.query.lexical_text, fetch, mode, req.filter, req.acl)
+                if reorder:
+                    hits = precision.reorder(hits, req.query.key_terms, self.cfg.precision, self.cfg.rrf_k)
+                return SearchResult(hits=tuple(hits[: req.top_k]), mode=mode)  # type: ignore[arg-type]
 
             result = await self._run("search", run)
             metrics.observe("rag_search_hits", len(result.hits), mode=mode)
             return result
+
+    def _reorders(self) -> bool:
+        """Whether a precision feature is on (else hybrid results are the fusion's, as they come)."""
+        p = self.cfg.precision
+        return (p.exact_terms and p.exact_term_weight > 0) or p.prefer_newest != "off"
 
     # ------------------------------------------------------------------ documents
     async def document_state(self, collection: str | None, doc_id: str) -> dict[str, str]:

@@ -39,7 +39,9 @@ RANKINGS = {
 class FakeServer:
     """Just enough of ragserve's API; records what it was sent."""
 
-    def __init__(self, fail: dict[str, list[int]] | None = None, wrong_mode: bool = False) -> None:
+    def __init__(self, fail: dict[str, list[int]] | None = None, wrong_mode: bool = False,
+                 rankings: dict[tuple[str, str], list[str]] | None = None) -> None:
+        self.rankings = rankings or RANKINGS
         self.docs: dict[str, dict] = {}
         self.calls: list[tuple[str, dict]] = []
         self.fail = fail or {}
@@ -65,7 +67,7 @@ class FakeServer:
             self.docs.update({d["id"]: d for d in body["documents"]})
             return httpx.Response(200, json={"collection": body["collection"], "results": res})
         if path == "/v1/retrieve":
-            ids = RANKINGS.get((body["mode"], body["question"]), [])
+            ids = self.rankings.get((body["mode"], body["question"]), [])
             mode = "hybrid" if self.wrong_mode else body["mode"]
             return httpx.Response(200, json={"sources": self._sources(ids), "mode": mode, "query_tokens": []})
         if path == "/v1/query":
@@ -73,7 +75,7 @@ class FakeServer:
                 answer, cited, grounded = "It is fact1 [1].", [1], [1]
             else:                           # grounded in [2] = p0 (not relevant), wrong fact
                 answer, cited, grounded = "No idea.", [], [2]
-            ids = RANKINGS[("hybrid", body["question"])]
+            ids = self.rankings[("hybrid", body["question"])]
             return httpx.Response(200, json={"id": "r", "answer": answer, "sources": self._sources(ids),
                                              "cited": cited, "grounded_in": grounded, "finish_reason": "stop",
                                              "usage": {}})
@@ -104,7 +106,7 @@ def test_metrics_from_the_server_rankings() -> None:
     q2_ndcg = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
     assert hybrid["overall"]["ndcg@10"] == pytest.approx((1 + q2_ndcg) / 2)
     assert hybrid["by_lang"]["zh"] == pytest.approx({"n": 1, "recall@1": 0.5, "recall@5": 1, "recall@10": 1,
-                                                     "mrr": 1, "ndcg@10": q2_ndcg})
+                                                     "mrr": 1, "ndcg@10": q2_ndcg, "above_twin": 1})
     assert list(hybrid["by_type"]) == ["exact", "paraphrase"]
     q1 = report["questions"][0]
     assert q1["ranked"] == {"dense": ["p0", "p1"], "hybrid": ["p1", "p0"]}
@@ -114,6 +116,28 @@ def test_metrics_from_the_server_rankings() -> None:
     assert len(retrieves) == 4
     assert all(b["collection"] == "ev" and b["top_k"] == 10 for b in retrieves)
     assert report["config"]["modes"] == ("dense", "hybrid") and report["config"]["questions"] == 2
+
+
+def test_twin_rate_and_code_groups() -> None:
+    """p0 and p1 share a source directory (twins), p2 and p3 another; q1 names a code."""
+    ps = [Passage(id=f"p{i}", text=f"passage {i} says fact{i}", lang="en", source=f"kb/{i // 2}/{i}.md")
+          for i in range(4)]
+    qs = [Question(id="q1", question="one? HX-420", lang="en", relevant=["p1"], type="exact", answer="FACT1"),
+          Question(id="q2", question="two?", lang="zh", relevant=["p2"], type="paraphrase", answer="fact2")]
+    rankings = {("dense", "one? HX-420"): ["p0", "p1"], ("dense", "two?"): ["p0", "p2", "p3"],
+                ("hybrid", "one? HX-420"): ["p1", "p0"], ("hybrid", "two?"): ["p3", "p2"]}
+    report = run(FakeServer(rankings=rankings), EvalSet(Path("set"), ps, qs), generate=0, condense=())
+    q1, q2 = report["questions"]
+    assert q1["twins"] == ["p0"] and q2["twins"] == ["p3"]
+    assert (q1["names_code"], q2["names_code"]) == (True, False)
+    # dense: q1's twin p0 first -> 0; q2: p0 is no twin of p2, p2 before its twin p3 -> 1
+    assert [q["scores"]["dense"]["above_twin"] for q in (q1, q2)] == [0, 1]
+    # hybrid: q1 right first -> 1; q2's twin p3 before p2 -> 0
+    assert [q["scores"]["hybrid"]["above_twin"] for q in (q1, q2)] == [1, 0]
+    assert report["modes"]["hybrid"]["by_code"]["code"]["above_twin"] == 1
+    assert report["modes"]["hybrid"]["by_code"]["no_code"]["recall@1"] == 0
+    table = runner.format_table(report)
+    assert "twin code" in table and "R@1 no_code" in table
 
 
 def test_passages_are_loaded_in_batches_of_at_most_64() -> None:
@@ -171,7 +195,7 @@ def test_spread_covers_the_whole_list() -> None:
 def test_table_and_json(tmp_path: Path) -> None:
     report = run(FakeServer(), generate=2)
     table = runner.format_table(report).splitlines()
-    assert table[0].split() == ["mode", "R@1", "R@5", "R@10", "MRR", "nDCG@10", "nDCG", "en", "nDCG", "zh",
+    assert table[0].split() == ["mode", "R@1", "R@5", "R@10", "MRR", "nDCG@10", "twin", "nDCG", "en", "nDCG", "zh",
                                 "nDCG", "exact", "nDCG", "paraphrase"]
     assert table[1].split()[0] == "dense" and table[2].split()[0] == "hybrid"
     assert table[2].split()[1] == "0.750"
