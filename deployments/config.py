@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deployments.envs import env
 from deployments.errors import ConfigError
@@ -119,7 +119,11 @@ class DeploymentOptions(_Strict):
     autoscaling: AutoscalingOptions | None = Field(None, description="Autoscale instead of fixed replicas.")
     max_ongoing_requests: int = Field(16, ge=1, description="Concurrent requests one replica accepts.")
     max_queued_requests: int = Field(
-        -1, ge=-1, description="Requests queued per caller before rejecting with 503 (-1 unbounded)."
+        -1, ge=-1,
+        description="Requests each caller (an ingress replica's handle) holds for this stage while every replica "
+        "is at max_ongoing_requests; past it Serve rejects at once and the ingress answers 503 + Retry-After. "
+        "-1: unbounded (a queued request then waits without bound, or until its caller's deadline). Ray "
+        "accepts -1 or a positive number.",
     )
     resources: ActorResources = Field(default_factory=ActorResources, description="Per-replica resources.")
     health_check_period_s: float = Field(10.0, gt=0, description="How often Serve calls check_health.")
@@ -129,6 +133,13 @@ class DeploymentOptions(_Strict):
         description="Most replicas of this stage on one Ray node (Serve's max_replicas_per_node; None: no "
         "limit). 1 spreads a stage's replicas over distinct pods, so losing one pod never takes all of them.",
     )
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_bound(cls, v: int) -> int:
+        if v == 0:  # Serve itself refuses 0 at deploy time, far from the config line that set it
+            raise ValueError("max_queued_requests must be -1 (unbounded) or at least 1")
+        return v
 
     def serve_options(self) -> dict[str, Any]:
         """The keyword arguments for ``Deployment.options``."""
@@ -346,7 +357,12 @@ class GeneratorConfig(_Strict):
         "queued ahead of it over the engine's prefill rate measured on this machine (deployments/generator/"
         "admission.py). Beyond it the generation gets 503 + Retry-After at once; a lone request is always admitted.",
     )
-    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=1.0), max_ongoing_requests=32)
+    # Measured at 4x capacity (docs/reliability.md): with Serve's queue unbounded, generations past
+    # the replica's 32 slots waited there, unseen by the replica's admission, until accept_timeout_s
+    # turned them into 503s (rejection p99 10.3 s). A short queue makes the excess a 503 at once;
+    # the time-to-first-token admission decides for every generation that reaches a slot.
+    deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=1.0), max_ongoing_requests=32,
+                                          max_queued_requests=4)
 
 
 class IngestConfig(_Strict):

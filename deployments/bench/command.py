@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from deployments.bench import baselines, load, runner
+from deployments.bench import baselines, load, overload, runner
 from deployments.bench.stats import StepResult
 from deployments.config import AppConfig, load_config_or_defaults
 
@@ -21,8 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--url", default="http://127.0.0.1:8000", help="ragserve base URL (loopback)")
     s.add_argument("--targets", default="retrieve,generate,query,embed",
                    help=f"comma-separated, of {','.join(load.TARGETS)}")
-    s.add_argument("--mode", choices=("closed", "open"), default="closed")
-    s.add_argument("--concurrency", default="1,2,4,8,16,32", help="closed loop: concurrency sweep")
+    s.add_argument("--mode", choices=("closed", "open", "overload"), default="closed",
+                   help="overload: capacity (closed loop), then open loop at --multiples of it, with "
+                   "rejections, Retry-After and the admitted p50/p99 against generator.ttft_budget_s")
+    s.add_argument("--concurrency", help="closed loop: concurrency sweep (default 1,2,4,8,16,32); overload: the "
+                   "closed loops whose best rate is the capacity (default 4,8,16)")
+    s.add_argument("--multiples", default="1,2,4", help="overload: offered rates as multiples of the capacity")
     s.add_argument("--rates", default="1,2,4,8", help="open loop: Poisson arrival rates (requests/s)")
     s.add_argument("--duration", type=float, default=10.0, help="seconds per step (upper bound)")
     s.add_argument("--max-requests", type=int, default=1000, help="requests per step (upper bound)")
@@ -41,6 +46,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run the steps, print the table, write the reports; exit 1 if any request failed."""
     cfg = load_config_or_defaults(args.config)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.mode == "overload":
+        return cmd_overload(args, cfg, targets)
+    args.concurrency = args.concurrency or "1,2,4,8,16,32"
     loads = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rates).split(",")]
     metrics = args.metrics_url or ([] if args.settle <= 0 else runner.metrics_urls())
     extra: dict = {"machine": machine(args.url)}
@@ -52,6 +60,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     paths = runner.write_report(results, Path(args.out), extra)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 1 if any(r.errors for r in results) else 0
+
+
+def cmd_overload(args: argparse.Namespace, cfg: AppConfig, targets: list[str]) -> int:
+    """``--mode overload``: print the table and write ``overload.json``; exit 1 when an admitted
+    p99 is over the budget, or a rejection lacks Retry-After or the error shape."""
+    extra = {"machine": machine(args.url), "budget_s": cfg.generator.ttft_budget_s,
+             "command": " ".join(["ragserve", *sys.argv[1:]])}
+    print(f"budget: generator.ttft_budget_s = {cfg.generator.ttft_budget_s:g}s (time to first token of an admitted "
+          "generation; a retrieval's whole latency)")
+    concurrencies = [int(x) for x in (args.concurrency or "4,8,16").split(",")]
+    multiples = [float(x) for x in args.multiples.split(",")]
+    print(overload.HEADER)
+    results = overload.run(args.url, targets, multiples, concurrencies, args.duration, args.max_requests,
+                           args.max_tokens, cfg.generator.ttft_budget_s, runner.sample_questions())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "overload.json"
+    path.write_text(json.dumps(runner.no_nan({"targets": results, **extra}), indent=2, allow_nan=False))
+    print(f"\nwrote {path}")
+    steps = [s for t in results for s in t.get("steps", ())]
+    bad = [s for s in steps if s["within_budget"] is False or s["rejected_with_retry_after"] < sum(s["rejected"].values())
+           or s["rejected_in_error_shape"] < sum(s["rejected"].values())]
+    return 1 if bad else 0
 
 
 def machine(url: str) -> dict:

@@ -134,19 +134,19 @@ def write_report(results: Sequence[StepResult], out_dir: Path, extra: dict | Non
         w.writeheader()
         w.writerows(rows)
     payload = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "steps": rows, **(extra or {})}
-    paths["json"].write_text(json.dumps(_no_nan(payload), indent=2, allow_nan=False))
+    paths["json"].write_text(json.dumps(no_nan(payload), indent=2, allow_nan=False))
     plot(results, paths["png"])
     return paths
 
 
-def _no_nan(x: object) -> object:
+def no_nan(x: object) -> object:
     """NaN (no data, e.g. TTFT of a retrieval step) as JSON null: NaN is not valid JSON."""
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, dict):
-        return {k: _no_nan(v) for k, v in x.items()}
+        return {k: no_nan(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_no_nan(v) for v in x]
+        return [no_nan(v) for v in x]
     return x
 
 

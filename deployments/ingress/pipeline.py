@@ -218,23 +218,32 @@ class Pipeline:
         g = self.cfg.generator
         stream = self.handles["generator"].options(stream=True).generate.remote(req)
         first = True
-        while True:
-            deadline = g.accept_timeout_s if first else g.request_timeout_s + 5
-            try:
-                async with asyncio.timeout(deadline):
-                    chunk = await stream.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                stream.cancel()
-                if first:
-                    raise OverloadedError(f"generator stage did not accept the generation within {deadline}s",
-                                          retry_after_s=deadline) from None
-                raise DependencyTimeoutError(f"generator stage did not answer within {deadline}s") from None
-            except Exception as exc:
-                raise http.as_ragserve_error(exc) from None
-            first = False
-            yield chunk
+        try:
+            while True:
+                deadline = g.accept_timeout_s if first else g.request_timeout_s + 5
+                try:
+                    async with asyncio.timeout(deadline):
+                        chunk = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    stream.cancel()
+                    if first:
+                        raise OverloadedError(f"generator stage did not accept the generation within {deadline}s",
+                                              retry_after_s=deadline) from None
+                    raise DependencyTimeoutError(f"generator stage did not answer within {deadline}s") from None
+                except Exception as exc:  # the stream itself failed (or Serve refused it): nothing to cancel
+                    raise http.as_ragserve_error(exc) from None
+                first = False
+                yield chunk
+        except (GeneratorExit, asyncio.CancelledError):
+            # The client went away: its task was cancelled while waiting for a chunk, or this
+            # generator was closed between chunks. Serve does not pass that on to the generator
+            # replica by itself (it tracks child requests only with direct ingress), so cancel
+            # the stream: the replica's generate is cancelled and vLLM aborts the sequence,
+            # instead of decoding to max_tokens for nobody.
+            stream.cancel()
+            raise
 
     async def start(self, req: GenerationRequest,
                     who: Principal = OPEN) -> tuple[PackedContext | None, AsyncIterator[GenerationChunk]]:

@@ -1,12 +1,14 @@
-"""Unavailable dependencies give a fast 503/504, never a hang, and the app recovers.
+"""Unavailable dependencies give a fast 503/504, never a hang, and the app recovers; writes
+acknowledged before Milvus stops (or is killed) are all there after it restarts.
 
-Runs last (conftest orders it so): it stops the session's Milvus server and kills the vLLM engine
-process, both started by this test session (found among this process's own descendants).
+Runs last (conftest orders it so): it stops and kills the session's Milvus server and kills the
+vLLM engine process, all started by this test session (found among this process's own descendants).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import psutil
@@ -51,6 +53,53 @@ def test_milvus_down_is_503_then_recovers(stack) -> None:
         assert r.status_code in (503, 504) and time.monotonic() < deadline, r.text
         time.sleep(0.5)
     assert r.json()["sources"][0]["source"].endswith("quillmark_cli.md")
+
+
+def _restart_milvus(stack, crash: bool) -> None:
+    """Stop the session's milvus-lite server (SIGKILL to its process group when ``crash``: no
+    chance to write anything more), start a new one on the same data dir and port, and wait until
+    retrieval answers again."""
+    if crash:
+        os.killpg(stack.milvus.proc.pid, signal.SIGKILL)
+        stack.milvus.proc.wait(10)
+    else:
+        stack.milvus.stop()
+    stack.milvus = LiteServer(stack.milvus.data_dir, stack.milvus.port).start()
+    deadline = time.monotonic() + 60
+    while (r := stack.client.post("/v1/retrieve", json={"question": "Quillmark line width"})).status_code != 200:
+        assert r.status_code in (503, 504) and time.monotonic() < deadline, r.text
+        time.sleep(0.5)
+
+
+def _doc_texts(stack, coll: str, doc_id: str) -> list[str]:
+    r = stack.client.post("/v1/retrieve", json={"question": "gasket torque record", "collection": coll, "top_k": 10,
+                                                "filter": {"doc_ids": [doc_id]}})
+    assert r.status_code == 200, r.text
+    return [s["text"] for s in r.json()["sources"]]
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["stopped", "killed"])
+def test_acknowledged_writes_survive_a_milvus_restart(stack, crash: bool) -> None:
+    """Every write answered 200 (an add, an update, a delete) is what search sees after the
+    milvus-lite server stops, or is SIGKILLed, and starts again on its data dir."""
+    coll = f"it_durable_{'killed' if crash else 'stopped'}"
+    assert stack.client.post("/v1/collections", json={"name": coll}).status_code in (200, 201)
+    try:
+        docs = [{"id": "kept", "text": "The gasket torque record says 41 newton metres for flange K-7."},
+                {"id": "updated", "text": "The gasket torque record says 12 newton metres for flange B-2."},
+                {"id": "deleted", "text": "The gasket torque record says 99 newton metres for flange Z-9."}]
+        r = stack.client.post("/v1/documents", json={"collection": coll, "documents": docs})
+        assert r.status_code == 200, r.text
+        update = {"id": "updated", "text": "The gasket torque record now says 15 newton metres for flange B-2."}
+        r = stack.client.post("/v1/documents", json={"collection": coll, "documents": [update]})
+        assert r.status_code == 200 and r.json()["results"][0]["status"] == "updated", r.text
+        assert stack.client.delete("/v1/documents/deleted", params={"collection": coll}).status_code == 200
+        _restart_milvus(stack, crash)
+        assert _doc_texts(stack, coll, "kept") == [docs[0]["text"]]
+        assert _doc_texts(stack, coll, "updated") == [update["text"]]
+        assert _doc_texts(stack, coll, "deleted") == []
+    finally:
+        stack.client.delete(f"/v1/collections/{coll}")
 
 
 def _engine_processes() -> list[psutil.Process]:

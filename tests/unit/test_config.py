@@ -89,6 +89,7 @@ def test_unknown_fields_are_rejected_by_path(args: dict, path: str) -> None:
             {"encoder": {"deployment": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}},
             "encoder.deployment.autoscaling",
         ),
+        ({"generator": {"deployment": {"max_queued_requests": 0}}}, "generator.deployment.max_queued_requests"),
     ],
 )
 def test_bad_values_are_rejected_by_path(args: dict, path: str) -> None:
@@ -117,6 +118,13 @@ def test_serve_options_fixed_replicas() -> None:
     assert opts["max_ongoing_requests"] == 5
     # memory=None must not reach Ray as an explicit null.
     assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}
+
+
+def test_the_generator_queue_is_bounded_by_default_and_in_the_shipped_config() -> None:
+    """Past its replicas' slots, a generation must be refused at once (503), not wait in Serve's queue."""
+    assert AppConfig().generator.deployment.serve_options()["max_queued_requests"] == 4
+    shipped = load_config(REPO / "cluster" / "serve_config.yaml").generator.deployment
+    assert shipped.max_queued_requests == 4 and shipped.max_ongoing_requests == 32
 
 
 def test_serve_options_autoscaling_replaces_num_replicas() -> None:

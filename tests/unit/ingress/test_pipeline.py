@@ -97,6 +97,57 @@ def test_empty_stream_ends_cleanly() -> None:
     assert asyncio.run(main()) == (None, [])
 
 
+class FailingStream(FakeStream):
+    """A stream that fails on its first chunk; cancelling it raises (as a stream already over may)."""
+
+    async def __anext__(self) -> GenerationChunk:
+        from ray.serve.exceptions import BackPressureError
+
+        raise BackPressureError(num_queued_requests=4, max_queued_requests=4)
+
+    def cancel(self) -> None:
+        raise AssertionError("a stream that already failed must not be cancelled")
+
+
+def test_a_finished_or_failed_stream_is_not_cancelled() -> None:
+    stream = FakeStream([GenerationChunk(text="a"), GenerationChunk(text="", finish_reason="stop")])
+    assert asyncio.run(drain(ingress(stream)._generate(REQ))) == ["a", ""]
+    assert not stream.cancelled
+    # Serve's queue for the generator is full: our 503 with Retry-After, nothing else on top.
+    with pytest.raises(OverloadedError) as err:
+        asyncio.run(drain(ingress(FailingStream([]))._generate(REQ)))
+    assert err.value.status == 503 and err.value.retry_after_s >= 1
+
+
+def test_a_consumer_that_goes_away_cancels_the_generator_stream() -> None:
+    """A client disconnect closes the ingress's generator between chunks, or cancels the task
+    awaiting the next one: either way the generator replica's stream is cancelled (so the engine
+    aborts the sequence), which Serve does not do by itself."""
+    chunks = [GenerationChunk(text=t) for t in "abcdef"]
+
+    async def closed_between_chunks() -> FakeStream:
+        stream = FakeStream(list(chunks))
+        gen = ingress(stream)._generate(REQ)
+        assert await gen.__anext__() == chunks[0]
+        await gen.aclose()
+        return stream
+
+    async def cancelled_while_waiting() -> FakeStream:
+        stream = FakeStream(chunks[:1])
+        gen = ingress(stream)._generate(REQ)
+        await gen.__anext__()
+        stream.hang = True  # the next chunk never comes before the client leaves
+        task = asyncio.create_task(gen.__anext__())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return stream
+
+    assert asyncio.run(closed_between_chunks()).cancelled
+    assert asyncio.run(cancelled_while_waiting()).cancelled
+
+
 def test_several_choices_sample_unless_the_caller_asked_for_greedy() -> None:
     """The server's greedy default would make n answers one answer n times (and vLLM refuses n > 1
     greedy): without the caller's temperature it samples; a caller's explicit 0 is their 400."""

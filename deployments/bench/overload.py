@@ -1,0 +1,270 @@
+"""``ragserve bench --mode overload``: does the app shed past its capacity and keep its budget?
+
+For each target, against a running app:
+
+1. **capacity**: closed loops at the given concurrencies; the capacity is the best rate of
+   successful requests (a closed loop cannot overload the server, it slows down with it);
+2. **overload steps**: open-loop Poisson arrivals at 1x, 2x, 4x ... that capacity, whatever the
+   responses do; meanwhile one sequential probe asks ``/v1/retrieve`` and one ``/healthz``, to
+   show whether cheap calls starve behind queued generations.
+
+Per step it reports offered vs admitted (200) vs rejected (by status), whether every rejection
+carried ``Retry-After`` and the one error shape, how long a rejection took (it should be
+immediate), and p50/p99 of the admitted requests (latency to the last byte, and time to first
+token for generation) against the configured budget (``generator.ttft_budget_s``: the longest
+estimated time to first token a generation is admitted with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+from deployments.bench import load
+from deployments.bench.stats import percentile
+
+#: Statuses that mean "shed": the server refused the request on purpose, telling when to retry.
+SHED_STATUSES = (429, 503)
+ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+@dataclass
+class Outcome:
+    """One request as the client saw it (status, headers, body shape), not only ok/failed."""
+
+    start: float
+    latency: float
+    status: int  # 0: no HTTP response (connection error, client timeout)
+    ttft: float | None = None
+    retry_after: bool = False
+    error_shape: bool = False  # a non-200 body is {"error": {message, type, param, code=status}}
+    error: str = ""  # in-band stream error type, or the exception name when status is 0
+
+
+def is_error_shape(status: int, text: str) -> bool:
+    """Whether a non-200 body is the one error shape, its ``code`` equal to the status."""
+    try:
+        err = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(err, dict) and set(err) == ERROR_KEYS and err["code"] == status
+
+
+def _route(target: str) -> str:
+    if target not in ("query", "retrieve", "generate"):
+        raise ValueError(f"overload targets are query, retrieve and generate, not {target!r}")
+    return {"query": "/v1/query", "retrieve": "/v1/retrieve", "generate": "/v1/generate"}[target]
+
+
+def make_call(target: str, questions: Sequence[str], max_tokens: int):
+    """A coroutine factory sending request ``i`` of ``target`` and recording its :class:`Outcome`.
+
+    Generation is streamed, so the time to first token is seen and admission is decided before
+    the 200 (the ingress waits for the generator to admit a generation before it answers).
+    """
+    route = _route(target)
+
+    async def call(client: httpx.AsyncClient, i: int) -> Outcome:
+        q = questions[i % len(questions)]
+        body: dict[str, Any] = {"question": q} if target != "generate" else {"prompt": q}
+        if target != "retrieve":
+            body |= {"max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+        start = time.perf_counter()
+        try:
+            async with client.stream("POST", route, json=body) as r:
+                if r.status_code != 200:
+                    text = (await r.aread()).decode("utf-8", "replace")
+                    return Outcome(start, time.perf_counter() - start, r.status_code,
+                                   retry_after="retry-after" in r.headers, error_shape=is_error_shape(r.status_code, text))
+                ttft, error = await _read_events(r, start) if body.get("stream") else (None, "")
+                if not body.get("stream"):
+                    await r.aread()
+                return Outcome(start, time.perf_counter() - start, 200, ttft=ttft, error=error)
+        except httpx.HTTPError as e:
+            return Outcome(start, time.perf_counter() - start, 0, error=type(e).__name__)
+
+    return call
+
+
+async def _read_events(r: httpx.Response, start: float) -> tuple[float | None, str]:
+    """Read an SSE stream to its end: the time to the first text delta and any in-band error type."""
+    ttft, event, error = None, "", ""
+    async for line in r.aiter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            if event == "" and ttft is None:
+                ttft = time.perf_counter() - start
+            elif event == "error":
+                error = json.loads(line[6:]).get("error", {}).get("type", "stream_error")
+            event = ""
+    return ttft, error
+
+
+@dataclass
+class Probe:
+    """A sequential probe of one cheap route while a step runs."""
+
+    route: str
+    latencies_ms: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+
+    async def run(self, client: httpx.AsyncClient, stop: asyncio.Event, pause_s: float = 0.2) -> None:
+        body = {"question": "What does Nimbus Vault error code E-4471 mean?"}
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                r = await (client.post(self.route, json=body) if self.route != "/healthz" else client.get(self.route))
+                self.statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    self.latencies_ms.append((time.perf_counter() - t) * 1000)
+            except httpx.HTTPError as e:
+                self.statuses[type(e).__name__] += 1
+            await asyncio.sleep(pause_s)
+
+    def summary(self) -> dict[str, Any]:
+        return {"n": sum(self.statuses.values()), "statuses": {str(k): v for k, v in self.statuses.items()},
+                "p50_ms": percentile(self.latencies_ms, 50), "p99_ms": percentile(self.latencies_ms, 99)}
+
+
+@dataclass
+class OverloadStep:
+    """One open-loop step at ``multiple`` x capacity."""
+
+    target: str
+    multiple: float
+    offered_rps: float
+    offered: int
+    admitted: int  # 200 and the stream ended without an in-band error
+    rejected: dict[str, int]  # shed (429/503) by status
+    failed: dict[str, int]  # anything else: other statuses, in-band errors, client errors
+    rejected_with_retry_after: int
+    rejected_in_error_shape: int
+    reject_p50_ms: float
+    reject_p99_ms: float
+    admitted_p50_ms: float
+    admitted_p99_ms: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    admitted_rps: float
+    budget_s: float
+    within_budget: bool | None  # admitted p99 (TTFT for generation) <= budget; None without admitted requests
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def summarize_step(target: str, multiple: float, rate: float, outcomes: Sequence[Outcome], elapsed_s: float,
+                   budget_s: float) -> OverloadStep:
+    """The table row of one step (pure: unit-tested on hand-made outcomes)."""
+    admitted = [o for o in outcomes if o.status == 200 and not o.error]
+    shed = [o for o in outcomes if o.status in SHED_STATUSES]
+    failed = Counter(o.error or str(o.status) for o in outcomes
+                     if not (o.status == 200 and not o.error) and o.status not in SHED_STATUSES)
+    lat = [o.latency * 1000 for o in admitted]
+    ttft = [o.ttft * 1000 for o in admitted if o.ttft is not None]
+    # What admission bounds: the time to first token of a generation, the whole latency of a retrieval.
+    bounded = ttft if target != "retrieve" else lat
+    p99 = percentile(bounded, 99)
+    return OverloadStep(
+        target=target, multiple=multiple, offered_rps=rate, offered=len(outcomes), admitted=len(admitted),
+        rejected=dict(Counter(str(o.status) for o in shed)), failed=dict(failed),
+        rejected_with_retry_after=sum(o.retry_after for o in shed),
+        rejected_in_error_shape=sum(o.error_shape for o in shed),
+        reject_p50_ms=percentile([o.latency * 1000 for o in shed], 50),
+        reject_p99_ms=percentile([o.latency * 1000 for o in shed], 99),
+        admitted_p50_ms=percentile(lat, 50), admitted_p99_ms=percentile(lat, 99),
+        ttft_p50_ms=percentile(ttft, 50), ttft_p99_ms=percentile(ttft, 99),
+        admitted_rps=len(admitted) / elapsed_s if elapsed_s > 0 else math.nan, budget_s=budget_s,
+        within_budget=None if math.isnan(p99) else p99 <= budget_s * 1000)
+
+
+async def capacity(url: str, call, concurrencies: Sequence[int], duration_s: float,
+                   max_requests: int) -> tuple[float, dict[int, float]]:
+    """The best rate of admitted requests over closed loops at ``concurrencies`` (and each rate)."""
+    rates: dict[int, float] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=256)) as client:
+        await call(client, 0)  # warm-up
+        for c in concurrencies:
+            outcomes, elapsed = await load.closed_loop(call, client, c, duration_s, max_requests)
+            ok = sum(o.status == 200 and not o.error for o in outcomes)
+            rates[c] = ok / elapsed if elapsed > 0 else 0.0
+            print(f"  capacity probe: concurrency {c}: {ok} ok of {len(outcomes)} in {elapsed:.1f}s = "
+                  f"{rates[c]:.2f}/s", flush=True)
+    return max(rates.values()), rates
+
+
+async def overload_step(url: str, target: str, call, multiple: float, rate: float, duration_s: float,
+                        max_requests: int, budget_s: float, seed: int) -> OverloadStep:
+    """Open-loop arrivals at ``rate`` with the retrieve and health probes running alongside."""
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client, \
+            httpx.AsyncClient(base_url=url, timeout=300) as probe_client:
+        stop = asyncio.Event()
+        probes = [Probe("/v1/retrieve"), Probe("/healthz")]
+        running = [asyncio.create_task(p.run(probe_client, stop)) for p in probes]
+        try:
+            outcomes, elapsed = await load.open_loop(call, client, rate, duration_s, max_requests, seed=seed)
+        finally:
+            stop.set()
+            await asyncio.gather(*running)
+    step = summarize_step(target, multiple, rate, outcomes, elapsed, budget_s)
+    step.probes = {p.route: p.summary() for p in probes}
+    return step
+
+
+async def idle_probes(url: str, seconds: float) -> dict[str, dict[str, Any]]:
+    """The probes alone, before any load: the baseline their overload figures are read against."""
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        stop = asyncio.Event()
+        probes = [Probe("/v1/retrieve"), Probe("/healthz")]
+        running = [asyncio.create_task(p.run(client, stop)) for p in probes]
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.gather(*running)
+    return {p.route: p.summary() for p in probes}
+
+
+def run(url: str, targets: Sequence[str], multiples: Sequence[float], concurrencies: Sequence[int],
+        duration_s: float, max_requests: int, max_tokens: int, budget_s: float,
+        questions: Sequence[str]) -> list[dict[str, Any]]:
+    """Capacity then the overload steps, per target; printed as they finish, returned for the report."""
+    idle = asyncio.run(idle_probes(url, min(duration_s, 10.0)))
+    print("idle probes: " + ", ".join(f"{k} p50 {v['p50_ms']:.0f} ms p99 {v['p99_ms']:.0f} ms (n={v['n']})"
+                                      for k, v in idle.items()), flush=True)
+    out: list[dict[str, Any]] = [{"target": "idle", "probes": idle}]
+    for target in targets:
+        call = make_call(target, questions, max_tokens)
+        print(f"{target}: measuring capacity (closed loop)", flush=True)
+        cap, by_c = asyncio.run(capacity(url, call, concurrencies, duration_s, max_requests))
+        steps = []
+        for i, m in enumerate(multiples):
+            step = asyncio.run(overload_step(url, target, call, m, m * cap, duration_s, max_requests, budget_s, i))
+            print(format_step(step), flush=True)
+            steps.append(asdict(step))
+        out.append({"target": target, "capacity_rps": cap, "capacity_by_concurrency": by_c, "steps": steps})
+    return out
+
+
+HEADER = (f"{'target':8} {'x':>3} {'offer/s':>7} {'offered':>7} {'admit':>5} {'rejected':>14} {'RA':>4} "
+          f"{'shape':>5} {'rej p99':>7} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>7} {'ttft99':>7} {'budget':>6} "
+          f"{'ok?':>4} {'retrieve p50':>12} {'healthz p50':>11}  other")
+
+
+def format_step(s: OverloadStep) -> str:
+    def f(x: float, w: int) -> str:
+        return f"{'-':>{w}}" if x is None or math.isnan(x) else f"{x:{w}.0f}"
+
+    rejected = ",".join(f"{k}:{v}" for k, v in sorted(s.rejected.items())) or "0"
+    verdict = {True: "yes", False: "NO", None: "-"}[s.within_budget]
+    return (f"{s.target:8} {s.multiple:3g} {s.offered_rps:7.2f} {s.offered:7d} {s.admitted:5d} {rejected:>14} "
+            f"{s.rejected_with_retry_after:4d} {s.rejected_in_error_shape:5d} {f(s.reject_p99_ms, 7)} "
+            f"{f(s.admitted_p50_ms, 8)} {f(s.admitted_p99_ms, 8)} {f(s.ttft_p50_ms, 7)} {f(s.ttft_p99_ms, 7)} "
+            f"{s.budget_s:6g} {verdict:>4} {f(s.probes.get('/v1/retrieve', {}).get('p50_ms', math.nan), 12)} "
+            f"{f(s.probes.get('/healthz', {}).get('p50_ms', math.nan), 11)}  {s.failed or ''}")

@@ -1,0 +1,55 @@
+"""The overload table's arithmetic (``deployments/bench/overload.py``) on hand-made outcomes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from deployments.bench.overload import Outcome, format_step, is_error_shape, summarize_step
+
+SHAPED_503 = json.dumps({"error": {"message": "full", "type": "overloaded_error", "param": None, "code": 503}})
+
+
+def test_error_shape_needs_exactly_the_four_fields_and_the_status_as_code() -> None:
+    assert is_error_shape(503, SHAPED_503)
+    assert not is_error_shape(429, SHAPED_503)  # code must be the status
+    assert not is_error_shape(503, json.dumps({"error": {"message": "x", "code": 503}}))
+    assert not is_error_shape(503, json.dumps({"detail": "Service Unavailable"}))  # a proxy's own body
+    assert not is_error_shape(503, "Service Unavailable")
+    assert not is_error_shape(503, "[1, 2]")
+
+
+def test_step_separates_admitted_shed_and_failed() -> None:
+    outcomes = [
+        Outcome(0, 1.0, 200, ttft=0.5), Outcome(0, 2.0, 200, ttft=1.5), Outcome(0, 3.0, 200, ttft=2.5),
+        Outcome(0, 0.01, 503, retry_after=True, error_shape=True),
+        Outcome(0, 0.03, 429, retry_after=True, error_shape=True),
+        Outcome(0, 0.02, 503, retry_after=False, error_shape=False),
+        Outcome(0, 4.0, 200, ttft=1.0, error="overloaded_error"),  # in-band error after the 200
+        Outcome(0, 9.0, 0, error="ReadTimeout"), Outcome(0, 0.1, 500, error_shape=True),
+    ]
+    s = summarize_step("query", 2, 1.5, outcomes, elapsed_s=3.0, budget_s=2.0)
+    assert (s.offered, s.admitted) == (9, 3)
+    assert s.rejected == {"503": 2, "429": 1}
+    assert s.failed == {"overloaded_error": 1, "ReadTimeout": 1, "500": 1}
+    assert (s.rejected_with_retry_after, s.rejected_in_error_shape) == (2, 2)
+    assert s.reject_p50_ms == pytest.approx(20)
+    assert s.admitted_p50_ms == pytest.approx(2000) and s.admitted_p99_ms == pytest.approx(2980)
+    assert s.ttft_p99_ms == pytest.approx(2480)
+    assert s.admitted_rps == pytest.approx(1.0)
+    assert s.within_budget is False  # generation: TTFT p99 2.48 s > 2 s
+
+
+def test_generation_budget_is_on_time_to_first_token_retrieval_on_latency() -> None:
+    outcomes = [Outcome(0, 5.0, 200, ttft=0.9), Outcome(0, 6.0, 200, ttft=1.0)]
+    assert summarize_step("query", 1, 1, outcomes, 1.0, budget_s=1.0).within_budget is True
+    assert summarize_step("retrieve", 1, 1, outcomes, 1.0, budget_s=1.0).within_budget is False
+
+
+def test_step_without_admitted_requests_has_no_verdict_and_formats() -> None:
+    s = summarize_step("query", 4, 8.0, [Outcome(0, 0.01, 503, retry_after=True, error_shape=True)], 1.0, 10)
+    assert s.within_budget is None and math.isnan(s.admitted_p99_ms)
+    line = format_step(s)
+    assert "503:1" in line and " - " in line
