@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 
 
 def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -10,6 +10,17 @@ def iter_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
     line without a preceding ``event:`` line has event ``""``."""
     event = ""
     for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event, line[6:]
+            event = ""
+
+
+async def aiter_sse(lines: AsyncIterable[str]) -> AsyncIterator[tuple[str, str]]:
+    """:func:`iter_sse` over an async line stream (``httpx.Response.aiter_lines()``)."""
+    event = ""
+    async for line in lines:
         if line.startswith("event: "):
             event = line[7:]
         elif line.startswith("data: "):

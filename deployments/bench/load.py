@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from deployments.bench.stats import Sample
+from deployments.client import aiter_sse
 
 TARGETS = ("retrieve", "embed", "generate", "query")
 Request = Callable[[httpx.AsyncClient, int], Awaitable[Sample]]
@@ -61,18 +62,13 @@ async def _streamed(client: httpx.AsyncClient, route: str, body: dict, start: fl
         if r.status_code != 200:
             await r.aread()
             return Sample(start, time.perf_counter() - start, False, error=str(r.status_code))
-        event = ""
-        async for line in r.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                if event == "" and ttft is None:
-                    ttft = time.perf_counter() - start
-                elif event == "done":
-                    tokens = json.loads(line[6:])["usage"]["completion_tokens"]
-                elif event == "error":
-                    return Sample(start, time.perf_counter() - start, False, error="stream_error")
-                event = ""
+        async for event, data in aiter_sse(r.aiter_lines()):
+            if event == "" and ttft is None:
+                ttft = time.perf_counter() - start
+            elif event == "done":
+                tokens = json.loads(data)["usage"]["completion_tokens"]
+            elif event == "error":
+                return Sample(start, time.perf_counter() - start, False, error="stream_error")
     return Sample(start, time.perf_counter() - start, True, ttft=ttft, output_tokens=tokens)
 
 

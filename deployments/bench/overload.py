@@ -30,6 +30,7 @@ import httpx
 
 from deployments.bench import load
 from deployments.bench.stats import percentile
+from deployments.client import aiter_sse
 
 #: Statuses that mean "shed": the server refused the request on purpose, telling when to retry.
 SHED_STATUSES = (429, 503)
@@ -96,16 +97,12 @@ def make_call(target: str, questions: Sequence[str], max_tokens: int):
 
 async def _read_events(r: httpx.Response, start: float) -> tuple[float | None, str]:
     """Read an SSE stream to its end: the time to the first text delta and any in-band error type."""
-    ttft, event, error = None, "", ""
-    async for line in r.aiter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            if event == "" and ttft is None:
-                ttft = time.perf_counter() - start
-            elif event == "error":
-                error = json.loads(line[6:]).get("error", {}).get("type", "stream_error")
-            event = ""
+    ttft, error = None, ""
+    async for event, data in aiter_sse(r.aiter_lines()):
+        if event == "" and ttft is None:
+            ttft = time.perf_counter() - start
+        elif event == "error":
+            error = json.loads(data).get("error", {}).get("type", "stream_error")
     return ttft, error
 
 
