@@ -81,8 +81,9 @@ async def flood(client: httpx.AsyncClient, key: str, stop: threading.Event, conn
 
 
 def flood_in_thread(url: str, key: str, stop: threading.Event, connections: int, rate: float,
-                    collection: str | None, transport: httpx.AsyncBaseTransport | None) -> dict[str, Any]:
-    """Run :func:`flood` on its own event loop in a thread; the returned dict fills in when it ends."""
+                    collection: str | None,
+                    transport: httpx.AsyncBaseTransport | None) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run :func:`flood` on its own event loop in a thread; the dict fills in when the thread ends."""
     out: dict[str, Any] = {}
 
     async def go() -> None:
@@ -92,8 +93,7 @@ def flood_in_thread(url: str, key: str, stop: threading.Event, connections: int,
 
     thread = threading.Thread(target=lambda: asyncio.run(go()), name="flood", daemon=True)
     thread.start()
-    out["_thread"] = thread
-    return out
+    return thread, out
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -107,11 +107,11 @@ async def run(url: str, key: str, noisy_key: str, n: int, connections: int, rate
         await victim(client, key, 3, collection)  # warm-up
         before = await victim(client, key, n, collection)
         stop = threading.Event()
-        got = flood_in_thread(url, noisy_key, stop, connections, rate, collection, transport)
+        thread, got = flood_in_thread(url, noisy_key, stop, connections, rate, collection, transport)
         await asyncio.sleep(1.0)  # let the flood start
         during = await victim(client, key, n, collection)
         stop.set()
-        await asyncio.to_thread(got.pop("_thread").join)
+        await asyncio.to_thread(thread.join)
         after = await victim(client, key, n, collection)
     quiet = (percentile(before, 50) + percentile(after, 50)) / 2
     return {"url": url, "connections": connections, "rate_per_s": rate, "victim": {

@@ -31,7 +31,8 @@ def _flat(groups: list[list[str]]) -> tuple[str, ...]:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``eval`` subcommand."""
-    s = sub.add_parser("eval", help="retrieval quality (recall@k, MRR, nDCG@10, right above its near-duplicates) and answer grounding")
+    s = sub.add_parser("eval", help="retrieval quality (recall@k, MRR, nDCG@10, right above its near-duplicates) "
+                       "and answer grounding")
     s.add_argument("--url", help="ragserve base URL; default: start the local stack (like `demo`) and "
                    "stop it after")
     s.add_argument("--api-key", default=None,

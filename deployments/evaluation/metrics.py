@@ -13,15 +13,13 @@ from typing import Any, TypeVar
 #: The per-question scores, in table order.
 METRICS: tuple[str, ...] = ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10")
 #: Column headers of the scores in printed tables.
-LABELS: dict[str, str] = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "mrr": "MRR",
-                          "ndcg@10": "nDCG@10"}
-
 #: Whether the first relevant id is ranked above every near-duplicate ("twin") of the relevant
 #: passages (:func:`above_twins`); scored per question beside :data:`METRICS`.
 TWIN = "above_twin"
 #: Every per-question score of a retrieval question, in table order.
 QUESTION_METRICS: tuple[str, ...] = (*METRICS, TWIN)
-LABELS[TWIN] = "twin"
+LABELS: dict[str, str] = {"recall@1": "R@1", "recall@5": "R@5", "recall@10": "R@10", "mrr": "MRR",
+                          "ndcg@10": "nDCG@10", TWIN: "twin"}
 
 T = TypeVar("T")
 

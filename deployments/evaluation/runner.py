@@ -174,8 +174,8 @@ async def run(url: str, evalset: EvalSet, opts: EvalOptions = EvalOptions(),
                 rec["scores"][mode] = metrics.score(ranked, q.relevant) | {
                     metrics.TWIN: metrics.above_twins(ranked, q.relevant, rec["twins"])}
                 served[how] = served.get(how, 0) + 1
-            modes[mode] = metrics.summarize(per_q, mode, metrics.QUESTION_METRICS) | {"seconds": round(time.perf_counter() - start, 2),
-                                                            "served_as": served}
+            modes[mode] = metrics.summarize(per_q, mode, metrics.QUESTION_METRICS) | {
+                "seconds": round(time.perf_counter() - start, 2), "served_as": served}
         convs = None
         if opts.condense and evalset.conversations:
             convs = await conversational.evaluate(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from deployments.protocol.stages import Hit, Mode, PackedContext
 from deployments.protocol.types import (
     MAX_GROUPS, MAX_SEED, MAX_TAGS, MIN_SEED, TIMESTAMP_SCHEMA, VISIBLE_TEXT, ChatMessage, CollectionName, DocId,
-    Filter, Group, Request, StopString, Tag, epoch_seconds, int_is_float,
+    Filter, Group, Request, StopString, Tag, epoch_seconds,
 )
 
 Condense = Literal["rewrite", "join", "last"]
@@ -45,11 +45,6 @@ class SamplingFields(Request):
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     stop: list[StopString] | None = Field(None, max_length=8, description="Stop strings.")
     seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED, description="Sampling seed.")
-
-    @field_validator("temperature", "top_p", mode="before")
-    @classmethod
-    def _floats(cls, v: object) -> object:
-        return int_is_float(v)
 
 
 class RetrievalFields(Request):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from deployments.protocol.api import Condense, SearchQuery, Source
 from deployments.protocol.stages import Mode, PackedContext
 from deployments.protocol.types import (
-    MAX_SEED, MIN_SEED, VISIBLE_TEXT, CollectionName, Filter, Request, StopString, float_is_int, int_is_float,
+    MAX_SEED, MIN_SEED, VISIBLE_TEXT, CollectionName, Filter, Request, StopString, float_is_int,
 )
 
 IGNORED = "Accepted and ignored: "
@@ -26,13 +26,8 @@ NO_TOOL_CHOICE = {"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}
 
 
 class OpenAIRequest(Request):
-    """Base of the OpenAI request bodies: unknown fields and wrong types are 400s, like OpenAI's own."""
-
-    @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty", mode="before",
-                     check_fields=False)
-    @classmethod
-    def _floats(cls, v: object) -> object:
-        return int_is_float(v)
+    """Base of the OpenAI request bodies: unknown fields and wrong types are 400s, like OpenAI's own
+    (numbers are coerced as in every request: :class:`~deployments.protocol.types.Request`)."""
 
 
 # --------------------------------------------------------------------------- messages

@@ -90,6 +90,8 @@ def float_is_int(v: object) -> object:
 #: union as ``ge``/``le``, not JSON Schema's ``minimum``/``maximum``.
 INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "seed", "top_k", "n", "top_logprobs", "logprobs",
                   "best_of", "dimensions", "created_at")
+#: The float fields of the request bodies: each takes an integer (``1`` for ``1.0``, :func:`int_is_float`).
+FLOAT_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
 class Message(BaseModel):
@@ -108,6 +110,11 @@ class Request(BaseModel):
     @classmethod
     def _integers(cls, v: object) -> object:
         return float_is_int(v)
+
+    @field_validator(*FLOAT_FIELDS, mode="before", check_fields=False)
+    @classmethod
+    def _floats(cls, v: object) -> object:
+        return int_is_float(v)
 
 
 class Filter(BaseModel):
