@@ -13,7 +13,8 @@ encoder reaching 2 replicas shows its replicas' reported batch backlog (policy `
 work. Every other stage may scale to 2 as well but must stay at 1; the generator scales on its
 vLLM engines' sequences, which stay at 0. After the load every stage must be back at 1.
 
-Cost: ≈2-3 minutes on 2 cores (app start ≈45 s with vLLM, load ≤90 s, drain ≈15 s).
+Cost: ≈2-3 minutes on 2 cores (app start ≈45 s with vLLM, load ≤90 s, drain ≈15 s). The
+scale-up decision has 90 s; the added replica's start under load has the start budget (240 s).
 """
 
 from __future__ import annotations
@@ -210,8 +211,12 @@ def test_busy_stage_scales_up_idle_stages_do_not_and_all_return_to_min(app: App)
     with ThreadPoolExecutor(CLIENTS) as pool:
         futures = [pool.submit(_embed_until, client, stop, errors) for _ in range(CLIENTS)]
         try:
-            wait_for("a second running encoder replica", lambda: running(app.latest(), "encoder") >= 2,
+            # The scaling decision must come soon; the new replica's start (model load on CPUs
+            # the load itself saturates) takes as long as the machine needs: the start budget.
+            wait_for("the autoscaler to add an encoder replica", lambda: total(app.latest(), "encoder") >= 2,
                      LOAD_TIMEOUT_S, app)
+            wait_for("the second encoder replica running", lambda: running(app.latest(), "encoder") >= 2,
+                     START_TIMEOUT_S, app)
             time.sleep(5)  # keep the load on a while: an idle stage that would scale does so by now
         finally:
             stop.set()
