@@ -41,6 +41,7 @@ REQUIRED_FIELDS = frozenset({"id", "doc_id", "doc_hash", "live", "tags", "create
 @contextmanager
 def milvus_errors(what: str, timeout_s: float) -> Iterator[None]:
     """Map pymilvus failures to typed errors: 503/504 for Milvus, 500 for data ragserve built wrong."""
+    import grpc
     from pymilvus.exceptions import DataNotMatchException, DataTypeNotMatchException, MilvusException
 
     start = time.monotonic()
@@ -58,6 +59,13 @@ def milvus_errors(what: str, timeout_s: float) -> Iterator[None]:
         if "deadline" in str(e).lower() or elapsed >= timeout_s * 0.95:
             raise DependencyTimeoutError(f"Milvus {what} timed out after {elapsed:.1f}s") from None
         raise DependencyUnavailableError(msg) from None
+    except grpc.RpcError as e:
+        # pymilvus re-raises some gRPC failures as they are (a search past its deadline does);
+        # they cannot cross a Serve hop (not picklable), so they are typed here like the rest.
+        code = e.code() if callable(getattr(e, "code", None)) else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise DependencyTimeoutError(f"Milvus {what} timed out after {time.monotonic() - start:.1f}s") from None
+        raise DependencyUnavailableError(f"Milvus {what} failed: gRPC {getattr(code, 'name', code)}") from None
     except (ConnectionError, OSError) as e:
         raise DependencyUnavailableError(f"Milvus {what} failed: {e}") from None
 
