@@ -126,6 +126,15 @@ class DeploymentOptions(_Strict):
         "accepts -1 or a positive number.",
     )
     resources: ActorResources = Field(default_factory=ActorResources, description="Per-replica resources.")
+    max_surge_percent: int = Field(
+        100, ge=0, le=100,
+        description="Replacements Serve starts during a rolling update before it stops old replicas, as a "
+        "percentage of the target replica count (Serve's max_surge_percent). 100: every replacement is running "
+        "before its old replica drains, so even a one-replica stage keeps serving while a changed config "
+        "replaces it; it needs room for one more replica of the stage (spare CPUs/GPUs, or nodes the autoscaler "
+        "adds) and the update waits, still serving, until there is. 0: Serve's default, stop first and then "
+        "start, i.e. a one-replica stage is unavailable while its replacement starts.",
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="How often Serve calls check_health.")
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0, description="Drain time on shutdown.")
     max_replicas_per_node: int | None = Field(
@@ -148,6 +157,7 @@ class DeploymentOptions(_Strict):
             "max_queued_requests": self.max_queued_requests,
             "health_check_period_s": self.health_check_period_s,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "max_surge_percent": self.max_surge_percent,
             "ray_actor_options": self.resources.model_dump(exclude_none=True),
         }
         if self.max_replicas_per_node is not None:

@@ -21,6 +21,7 @@ from deployments.config import (
     load_serve_yaml,
     parse_app_config,
 )
+from deployments import stages
 from deployments.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,6 +126,23 @@ def test_the_generator_queue_is_bounded_by_default_and_in_the_shipped_config() -
     assert AppConfig().generator.deployment.serve_options()["max_queued_requests"] == 4
     shipped = load_config(REPO / "cluster" / "serve_config.yaml").generator.deployment
     assert shipped.max_queued_requests == 4 and shipped.max_ongoing_requests == 32
+
+
+def test_rolling_updates_start_replacements_first_and_the_shipped_machine_has_room_for_one() -> None:
+    """A changed config replaces a one-replica stage without a gap (surge), which needs logical room
+    for one more replica of any stage next to the others at their maximum (2 CPUs: the smallest
+    machine the README supports)."""
+    from ray.serve import deployment
+
+    shipped = load_config(REPO / "cluster" / "serve_config.yaml")
+    deps = [stage.config(shipped).deployment for stage in stages.enabled(shipped)]
+    assert {d.serve_options()["max_surge_percent"] for d in deps} == {100}
+    deployment(lambda: None).options(**deps[0].serve_options())  # Serve accepts the option
+
+    def most(d: DeploymentOptions) -> int:
+        return d.autoscaling.max_replicas if d.autoscaling else d.num_replicas
+    reserved = sum(d.resources.num_cpus * most(d) for d in deps)
+    assert reserved + max(d.resources.num_cpus for d in deps) <= 2, reserved
 
 
 def test_serve_options_autoscaling_replaces_num_replicas() -> None:
