@@ -135,7 +135,7 @@ def test_rolling_updates_start_replacements_first_and_the_shipped_machine_has_ro
     from ray.serve import deployment
 
     shipped = load_config(REPO / "cluster" / "serve_config.yaml")
-    deps = [stage.config(shipped).deployment for stage in stages.enabled(shipped)]
+    deps = [stage.config(shipped).deployment for stage in (*stages.enabled(shipped), stages.INGRESS)]
     assert {d.serve_options()["max_surge_percent"] for d in deps} == {100}
     deployment(lambda: None).options(**deps[0].serve_options())  # Serve accepts the option
 
