@@ -72,6 +72,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             import ray
 
             store.purge_tombstones()  # left by an interrupted run (ingest_paths does it itself)
+            envs.prepare_local_ray()
             ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
                      runtime_env=envs.runtime_env(passthrough=True))
             try:

@@ -1,6 +1,6 @@
 """Every environment variable ragserve reads or sets, declared once (vLLM's ``envs.py`` is the model).
 
-Three kinds:
+Four kinds:
 
 * ``read``: toggles and secrets ragserve reads (all ``RAGSERVE_*``), through :func:`env` only;
   a typo is a bug, so reading an undeclared name raises. Configuration always wins over
@@ -12,6 +12,9 @@ Three kinds:
 * ``engine``: set by the generator replica from its config right before vLLM starts (vLLM
   reads them from the environment). They are assigned, never ``setdefault``: an inherited
   value must not silently override the config.
+* ``driver``: Ray settings a ragserve command puts in its own environment before it starts a
+  local Ray (:func:`prepare_local_ray`); Ray reads them there. An operator's own value wins:
+  they are Ray's documented overrides, not ragserve's config.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ class EnvVar:
     """One environment variable: who reads or sets it, and why."""
 
     name: str
-    kind: Literal["read", "replica", "engine"]
+    kind: Literal["read", "replica", "engine", "driver"]
     help: str
-    value: str | None = None  # the fixed value of a `replica` variable
+    value: str | None = None  # the fixed value of a `replica` variable, the default of a `driver` one
 
 
 VARS: tuple[EnvVar, ...] = (
@@ -52,6 +55,9 @@ VARS: tuple[EnvVar, ...] = (
     EnvVar("VLLM_HOST_IP", "engine", "A single-process engine talks to itself only: its sockets stay on loopback."),
     EnvVar("LD_PRELOAD", "engine",
            "Allocator/OpenMP libraries preloaded into the CPU engine process (generator.hardware.preload)."),
+    EnvVar("RAY_gcs_server_port_wait_time_s", "driver",
+           "Seconds a starting local Ray waits for its GCS to bind. Ray's 30 s default elapsed on a loaded "
+           "2-core machine (a bulk ingest started next to a running stack), failing the start.", "120"),
 )
 _BY_NAME = {v.name: v for v in VARS}
 
@@ -75,6 +81,14 @@ def replica_env(passthrough: bool = False) -> dict[str, str]:
     if passthrough:
         out.update({v.name: os.environ[v.name] for v in VARS if v.kind == "read" and v.name in os.environ})
     return out
+
+
+def prepare_local_ray() -> None:
+    """Put the ``driver`` variables into this process's environment (unless already set) before
+    ``ray.init`` starts a local Ray."""
+    for v in VARS:
+        if v.kind == "driver" and v.value is not None:
+            os.environ.setdefault(v.name, v.value)
 
 
 def declared(kind: str) -> tuple[str, ...]:

@@ -100,6 +100,7 @@ class LocalStack:
         t0 = time.perf_counter()
         self._milvus = ensure_milvus(self.cfg)
         if not ray.is_initialized():
+            envs.prepare_local_ray()
             ray.init(address=self.ray_address, include_dashboard=False, runtime_env=envs.runtime_env(passthrough=True),
                      logging_level=logging.WARNING)
             self._own_ray = self.ray_address is None

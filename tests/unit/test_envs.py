@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,16 @@ def test_serve_config_declares_the_registry_runtime_env() -> None:
     declared replica environment and setup hook."""
     app = yaml.safe_load((REPO / "cluster" / "serve_config.yaml").read_text())["applications"][0]
     assert app["runtime_env"] == envs.runtime_env()
+
+
+def test_prepare_local_ray_sets_driver_defaults_and_an_operator_value_wins(monkeypatch) -> None:
+    driver = {v.name: v.value for v in envs.VARS if v.kind == "driver"}
+    assert driver.get("RAY_gcs_server_port_wait_time_s") == "120"
+    for name in driver:  # set, then unset: the fixture restores the original state after the test
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+    envs.prepare_local_ray()
+    assert {name: os.environ[name] for name in driver} == driver
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "7")
+    envs.prepare_local_ray()
+    assert os.environ["RAY_gcs_server_port_wait_time_s"] == "7"
