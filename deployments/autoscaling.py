@@ -24,6 +24,10 @@ A policy returns a raw desired replica count; Ray applies the rest, as for its o
 no load, so a drained stage always goes back to ``min_replicas`` after ``downscale_delay_s``;
 and it falls back to Serve's own request count when no replica has reported its signal (a
 replica still starting, or a stats method Ray disabled), so a missing signal never pins a count.
+While replicas the policy asked for are still starting and there is work, it never asks for fewer
+than the current target (:func:`hold_while_starting`): a starting replica loads its model on the
+CPUs the load saturates, the running replicas' reports then dip or go missing, and cancelling the
+start because of that made the encoder flap 1 -> 2 -> 1 -> 2 under a constant load.
 
 Ray pickles this module *by value* into the Serve controller (``AutoscalingPolicy``), which may
 not have ragserve on its path: it imports nothing from ragserve.
@@ -74,6 +78,19 @@ def desired_replicas(load: float, target_per_replica: float, current: int, toler
     if current > 0 and abs(load / (current * target_per_replica) - 1.0) <= tolerance:
         return float(current)
     return load / target_per_replica
+
+
+def hold_while_starting(desired: float, load: float, running: int, target: int) -> float:
+    """Keep a scale-up that is still starting: at least ``target`` while ``target > running``
+    and there is load.
+
+    The running replicas' numbers are not a judgement on a replica that has not started yet;
+    once it runs, the next decisions see the real capacity (and Ray's ``downscale_delay_s``
+    applies as usual). No load still gives ``desired`` (0), so an idle stage drains.
+    """
+    if load > 0 and target > running:
+        return max(desired, float(target))
+    return desired
 
 
 def reported_total(
@@ -155,7 +172,8 @@ class EncoderQueuePolicy(_SignalPolicy):
     def __call__(self, ctx: Any) -> tuple[float, dict[str, Any]]:
         texts = reported_total(ctx.aggregated_metrics, ENCODER_QUEUED_TEXTS, ctx.running_replicas)
         load = encoder_load(float(ctx.total_num_requests), texts)
-        return desired_replicas(load, self._target(ctx), ctx.current_num_replicas, self.tolerance), {}
+        desired = desired_replicas(load, self._target(ctx), ctx.current_num_replicas, self.tolerance)
+        return hold_while_starting(desired, load, ctx.current_num_replicas, ctx.target_num_replicas), {}
 
 
 class GeneratorPolicy(_SignalPolicy):
@@ -163,16 +181,20 @@ class GeneratorPolicy(_SignalPolicy):
 
     def __call__(self, ctx: Any) -> tuple[float, dict[str, Any]]:
         replicas = ctx.running_replicas
+        sequences = reported_total(ctx.aggregated_metrics, GENERATOR_SEQUENCES, replicas)
+        handle_queued = float(ctx.total_queued_requests or 0.0)
+        requests = float(ctx.total_num_requests)
         desired = generator_desired(
-            sequences=reported_total(ctx.aggregated_metrics, GENERATOR_SEQUENCES, replicas),
+            sequences=sequences,
             waiting=reported_total(ctx.aggregated_metrics, GENERATOR_WAITING, replicas),
-            handle_queued=float(ctx.total_queued_requests or 0.0),
-            requests=float(ctx.total_num_requests),
+            handle_queued=handle_queued,
+            requests=requests,
             target_per_replica=self._target(ctx),
             current=ctx.current_num_replicas,
             tolerance=self.tolerance,
         )
-        return desired, {}
+        load = generator_load(sequences, handle_queued, requests)
+        return hold_while_starting(desired, load, ctx.current_num_replicas, ctx.target_num_replicas), {}
 
 
 # --------------------------------------------------------------------------- replica side

@@ -186,20 +186,30 @@ class _Sim:
 
     policy: Callable[[AutoscalingContext], tuple[Any, dict[str, Any]]]
     config: AutoscalingConfig
-    replicas: int = 0
+    replicas: int = 0  # running
+    start_ticks: int = 0  # ticks an added replica takes to start (0: at once)
+    target: int = 0
     state: dict[str, Any] = field(default_factory=dict)
-    history: list[int] = field(default_factory=list)
+    history: list[int] = field(default_factory=list)  # the target after each tick
+    _starting_for: int = 0
 
     def __post_init__(self) -> None:
         self.decide = serve_policy._apply_autoscaling_config(self.policy)
-        self.replicas = self.config.initial_replicas or self.config.min_replicas
+        self.replicas = self.target = self.config.initial_replicas or self.config.min_replicas
 
     def tick(self, **load: Any) -> int:
-        decision, self.state = self.decide(_ctx(self.config, self.replicas, policy_state=self.state, **load))
-        cfg = self.config  # Serve's apply_bounds; replicas start at once here
-        self.replicas = max(cfg.min_replicas, min(cfg.max_replicas, math.ceil(decision)))
-        self.history.append(self.replicas)
-        return self.replicas
+        ctx = _ctx(self.config, self.replicas, target=self.target, policy_state=self.state, **load)
+        decision, self.state = self.decide(ctx)
+        cfg = self.config  # Serve's apply_bounds
+        self.target = max(cfg.min_replicas, min(cfg.max_replicas, math.ceil(decision)))
+        if self.target <= self.replicas:  # stopping (and cancelling a start) is immediate
+            self.replicas, self._starting_for = self.target, 0
+        else:
+            self._starting_for += 1
+            if self._starting_for > self.start_ticks:
+                self.replicas, self._starting_for = self.target, 0
+        self.history.append(self.target)
+        return self.target
 
 
 @pytest.fixture
@@ -229,6 +239,26 @@ def test_load_step_scales_up_after_the_delay_and_back_to_min(clock: _Clock) -> N
     assert sim.replicas == 4, "scaled down before downscale_delay_s"
     _run([sim], clock, [idle], 3)
     assert sim.replicas == 1
+
+
+def test_a_starting_replica_is_not_cancelled_while_the_load_lasts(clock: _Clock) -> None:
+    """CI on 2 cores: under a constant load the encoder went 1 -> 2 -> 1 -> 2 -> 1 -> 2, each
+    added replica stopped while STARTING, because the one running replica's backlog report went
+    missing while the new one loaded its model (the request count alone is under target)."""
+    cfg = _config(max_replicas=2, upscale_delay_s=1, downscale_delay_s=6)
+    loads = iter([{"requests": 8, "reported": {A.ENCODER_QUEUED_TEXTS: 448}}] * 3 + [{"requests": 8}] * 30)
+    sim = _Sim(A.EncoderQueuePolicy(), cfg, start_ticks=25)
+    _run([sim], clock, [lambda s: next(loads)], 33)
+    assert sim.history[2:] == [2] * 31 and sim.replicas == 2  # held, then running
+    # Work gone while the replica still starts: nothing is held, the stage drains.
+    sim = _Sim(A.EncoderQueuePolicy(), cfg, start_ticks=25)
+    loads = iter([{"requests": 8, "reported": {A.ENCODER_QUEUED_TEXTS: 448}}] * 3 + [{"requests": 0}] * 10)
+    _run([sim], clock, [lambda s: next(loads)], 13)
+    assert sim.target == 1
+    # The generator holds the same way (engine start is the slowest of all).
+    gen = A.GeneratorPolicy()
+    assert gen(_ctx(_config(target_ongoing_requests=8), 1, target=3, requests=4))[0] == 3.0
+    assert gen(_ctx(_config(target_ongoing_requests=8), 1, target=3, requests=0))[0] == 0.0
 
 
 def test_load_at_a_boundary_does_not_flap(clock: _Clock) -> None:
