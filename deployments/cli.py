@@ -52,7 +52,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from deployments.ingest import bulk, sources
     from deployments.ingest.pipeline import ingest_paths
     from deployments.search.store import ChunkStore, connect
-    from deployments.stack import ensure_milvus
+    from deployments.stack import ensure_milvus, init_ray
 
     cfg = load_config_or_defaults(args.config)
     if args.collection:  # the pipeline's actors open the collection the config names
@@ -72,8 +72,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             import ray
 
             store.purge_tombstones()  # left by an interrupted run (ingest_paths does it itself)
-            envs.prepare_local_ray()
-            ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
+            init_ray(args.address, include_dashboard=False, logging_level=logging.WARNING,
                      runtime_env=envs.runtime_env(passthrough=True))
             try:
                 reports = bulk.run(files, cfg, embedder.dim, progress=not args.quiet)

@@ -34,6 +34,52 @@ def ensure_milvus(cfg: AppConfig) -> LiteServer | None:
     return LiteServer(cfg.search.milvus.lite_server_data_dir, endpoint[1]).start()
 
 
+#: Tries at starting a local Ray. Ray 2.60 waits a fixed 30 s (no setting) for a new node's
+#: raylet to register with its GCS; on 2 loaded cores one start in a CI run missed it, the
+#: raylet not even logging yet (a bulk ingest started right after a stack came up).
+LOCAL_RAY_TRIES = 3
+#: What Ray's node start raises when that wait runs out (a plain Exception, matched by text).
+_NODE_START_TIMEOUT = "timed out during startup"
+
+
+def init_ray(address: str | None, **kwargs: Any) -> None:
+    """``ray.init`` with ragserve's driver environment; a local start that misses Ray's fixed
+    raylet-registration wait is retried, after stopping every process that try started.
+
+    Args:
+        address: a cluster to join (tried once: a failure there is not about this machine's
+            load), or None to start a local Ray.
+        kwargs: passed to ``ray.init``.
+    """
+    import psutil
+    import ray
+
+    envs.prepare_local_ray()
+    if address is not None:
+        ray.init(address=address, **kwargs)
+        return
+    me = psutil.Process()
+    for attempt in range(1, LOCAL_RAY_TRIES + 1):
+        before = {p.pid for p in me.children(recursive=True)}
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception here
+            if _NODE_START_TIMEOUT not in str(e) or attempt == LOCAL_RAY_TRIES:
+                raise
+            # The failed node is not reachable from here: its processes are this process's
+            # new children (GCS, raylet, log monitor, reaper), so those are what is stopped.
+            started = [p for p in me.children(recursive=True) if p.pid not in before]
+            for p in started:
+                p.terminate()
+            _, alive = psutil.wait_procs(started, timeout=10)
+            for p in alive:
+                p.kill()
+            ray.shutdown()
+            log.warning("local Ray did not start (%s); stopped its %d processes, try %d of %d",
+                        e, len(started), attempt + 1, LOCAL_RAY_TRIES)
+
+
 def check_exposure(cfg: AppConfig, host: str) -> None:
     """Refuse to serve an open app (no API keys) beyond loopback, unless ``auth.mode: off`` says
     so on purpose; on loopback, say loudly that it is open.
@@ -100,8 +146,7 @@ class LocalStack:
         t0 = time.perf_counter()
         self._milvus = ensure_milvus(self.cfg)
         if not ray.is_initialized():
-            envs.prepare_local_ray()
-            ray.init(address=self.ray_address, include_dashboard=False, runtime_env=envs.runtime_env(passthrough=True),
+            init_ray(self.ray_address, include_dashboard=False, runtime_env=envs.runtime_env(passthrough=True),
                      logging_level=logging.WARNING)
             self._own_ray = self.ray_address is None
         t1 = time.perf_counter()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
 from deployments.config import parse_app_config
 from deployments.errors import ConfigError
-from deployments.stack import check_exposure
+from deployments.stack import LOCAL_RAY_TRIES, check_exposure, init_ray
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "ragserve.example.org"])
@@ -29,3 +31,63 @@ def test_keys_or_an_explicit_off_allow_any_address(tmp_path) -> None:
     check_exposure(parse_app_config({"auth": {"mode": "off"}}), "0.0.0.0")
     with pytest.raises(ConfigError, match="keys_file"):
         parse_app_config({"auth": {"mode": "keys"}})
+
+
+# --------------------------------------------------------------------------- starting a local Ray
+class _FakeRay:
+    """``ray.init`` that, like a node start missing Ray's raylet wait, leaves processes behind."""
+
+    def __init__(self, failures: int, message: str = "The current node timed out during startup.") -> None:
+        self.failures, self.message = failures, message
+        self.calls: list[dict] = []
+        self.left_behind: list[subprocess.Popen] = []
+
+    def init(self, **kwargs) -> None:
+        self.calls.append(kwargs)
+        if len(self.calls) <= self.failures:
+            self.left_behind.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+            raise Exception(self.message)  # what Ray raises: a bare Exception
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_ray(monkeypatch: pytest.MonkeyPatch):
+    def install(**kw) -> _FakeRay:
+        fake = _FakeRay(**kw)
+        monkeypatch.setitem(sys.modules, "ray", fake)
+        return fake
+    yield install
+
+
+def test_local_ray_start_that_misses_the_raylet_wait_is_retried_and_cleaned(fake_ray) -> None:
+    keep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # started before: left alone
+    try:
+        fake = fake_ray(failures=2)
+        init_ray(None, include_dashboard=False)
+        assert len(fake.calls) == 3 and fake.calls[-1] == {"include_dashboard": False}
+        for p in fake.left_behind:  # every failed try's processes were stopped
+            assert p.wait(timeout=15) is not None
+        assert keep.poll() is None
+    finally:
+        keep.kill()
+        keep.wait()
+
+
+def test_other_ray_errors_and_the_last_try_are_raised(fake_ray) -> None:
+    fake = fake_ray(failures=1, message="Permission denied: /tmp/ray")
+    with pytest.raises(Exception, match="Permission denied"):
+        init_ray(None)
+    assert len(fake.calls) == 1
+    fake = fake_ray(failures=LOCAL_RAY_TRIES)
+    with pytest.raises(Exception, match="timed out during startup"):
+        init_ray(None)
+    assert len(fake.calls) == LOCAL_RAY_TRIES
+    fake = fake_ray(failures=1)
+    with pytest.raises(Exception, match="timed out"):  # joining a cluster: not this machine's load
+        init_ray("ray://head:10001")
+    assert fake.calls == [{"address": "ray://head:10001"}]
+    for p in fake.left_behind:
+        p.kill()
+        p.wait()
