@@ -7,6 +7,7 @@ Ray started by ``ray.init`` is shut down with ``ray.shutdown`` (never ``ray stop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -71,10 +72,12 @@ def init_ray(address: str | None, **kwargs: Any) -> None:
             # new children (GCS, raylet, log monitor, reaper), so those are what is stopped.
             started = [p for p in me.children(recursive=True) if p.pid not in before]
             for p in started:
-                p.terminate()
+                with contextlib.suppress(psutil.NoSuchProcess):  # one may have exited by itself
+                    p.terminate()
             _, alive = psutil.wait_procs(started, timeout=10)
             for p in alive:
-                p.kill()
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
             ray.shutdown()
             log.warning("local Ray did not start (%s); stopped its %d processes, try %d of %d",
                         e, len(started), attempt + 1, LOCAL_RAY_TRIES)

@@ -46,6 +46,7 @@ class _FakeRay:
         self.calls.append(kwargs)
         if len(self.calls) <= self.failures:
             self.left_behind.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+            self.left_behind.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"]))
             raise Exception(self.message)  # what Ray raises: a bare Exception
 
     def shutdown(self) -> None:
