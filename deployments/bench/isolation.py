@@ -9,7 +9,8 @@ mean of the phases before and after, to bracket drift), and what the noisy key g
 verdict: this machine is noisy, so the ratio is reported, and read against the target (within 20%).
 
 The flood is open loop (``--rate`` requests/s, the noisy key's limit times a large factor) from
-its own thread and event loop, so the victim's client never waits behind the flood's; a closed
+its own process (a second client, as in reality), so the victim's client never waits behind the
+flood's, nor shares its GIL and garbage collections; a closed
 loop of connections as fast as the server answers (``--rate 0``) measures instead how many
 refusals the machine can answer at all, which on a 2-core machine shared by the client, the proxy
 and every stage is a CPU denial of service, for a network-level limiter in front of the app.
@@ -20,10 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import queue
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -49,7 +52,13 @@ async def victim(client: httpx.AsyncClient, key: str, n: int, collection: str | 
     return out
 
 
-async def flood(client: httpx.AsyncClient, key: str, stop: threading.Event, connections: int, rate: float,
+class Flag(Protocol):
+    """A ``threading.Event`` or a ``multiprocessing`` one."""
+
+    def is_set(self) -> bool: ...
+
+
+async def flood(client: httpx.AsyncClient, key: str, stop: Flag, connections: int, rate: float,
                 collection: str | None = None) -> Counter[str]:
     """Retrievals until ``stop``: at ``rate`` per second (open loop, at most ``connections`` in
     flight; ``rate`` 0: ``connections`` loops as fast as answered). Counts by status, and 429s
@@ -80,20 +89,64 @@ async def flood(client: httpx.AsyncClient, key: str, stop: threading.Event, conn
     return got
 
 
-def flood_in_thread(url: str, key: str, stop: threading.Event, connections: int, rate: float,
-                    collection: str | None,
-                    transport: httpx.AsyncBaseTransport | None) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run :func:`flood` on its own event loop in a thread; the dict fills in when the thread ends."""
-    out: dict[str, Any] = {}
-
+def _flood_main(url: str, key: str, started: Any, stop: Any, connections: int, rate: float,
+                collection: str | None, transport: httpx.AsyncBaseTransport | None, results: Any) -> None:
+    """The body of :class:`Flood`'s process or thread: :func:`flood` on its own event loop."""
     async def go() -> None:
         limits = httpx.Limits(max_connections=connections)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, transport=transport) as client:
-            out.update(await flood(client, key, stop, connections, rate, collection))
+            started.set()
+            results.put(dict(await flood(client, key, stop, connections, rate, collection)))
 
-    thread = threading.Thread(target=lambda: asyncio.run(go()), name="flood", daemon=True)
-    thread.start()
-    return thread, out
+    asyncio.run(go())
+
+
+class Flood:
+    """The noisy key's load, running until :meth:`stop`.
+
+    In its own process, as a second client is in reality: in a thread of the victim's process its
+    client's CPU, the GIL and its garbage collections (heavier in a long-lived process such as a
+    test session) would pause the victim's client and be measured as the server's doing. A test
+    that injects an in-process ``transport`` gets a thread instead (a transport does not cross
+    processes).
+    """
+
+    def __init__(self, url: str, key: str, connections: int, rate: float, collection: str | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if transport is None:
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
+            self._started, self._stop, self._results = ctx.Event(), ctx.Event(), ctx.Queue()
+            make: Any = ctx.Process
+        else:
+            self._started, self._stop, self._results = threading.Event(), threading.Event(), queue.Queue()
+            make = threading.Thread
+        self._worker = make(target=_flood_main, name="flood", daemon=True,
+                            args=(url, key, self._started, self._stop, connections, rate, collection,
+                                  transport, self._results))
+        self._worker.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The flood's process id (None: a thread of this process)."""
+        return getattr(self._worker, "pid", None)
+
+    async def started(self, timeout_s: float = 60.0) -> None:
+        """Wait until the flood's client exists (a spawned process takes a moment to import)."""
+        if not await asyncio.to_thread(self._started.wait, timeout_s):
+            raise RuntimeError(f"the flood did not start within {timeout_s:g} s")
+
+    async def stop(self) -> dict[str, Any]:
+        """Stop sending, wait for what is in flight; what the noisy key got."""
+        self._stop.set()
+        while True:
+            try:
+                got: dict[str, Any] = await asyncio.to_thread(self._results.get, timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._worker.is_alive():
+                    raise RuntimeError("the flood ended without a result (see its traceback above)") from None
+        await asyncio.to_thread(self._worker.join, 30)
+        return got
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -106,12 +159,11 @@ async def run(url: str, key: str, noisy_key: str, n: int, connections: int, rate
     async with httpx.AsyncClient(base_url=url, timeout=60, transport=transport) as client:
         await victim(client, key, 3, collection)  # warm-up
         before = await victim(client, key, n, collection)
-        stop = threading.Event()
-        thread, got = flood_in_thread(url, noisy_key, stop, connections, rate, collection, transport)
-        await asyncio.sleep(1.0)  # let the flood start
+        noisy = Flood(url, noisy_key, connections, rate, collection, transport)
+        await noisy.started()
+        await asyncio.sleep(1.0)  # let the flood reach its rate
         during = await victim(client, key, n, collection)
-        stop.set()
-        await asyncio.to_thread(thread.join)
+        got = await noisy.stop()
         after = await victim(client, key, n, collection)
     quiet = (percentile(before, 50) + percentile(after, 50)) / 2
     return {"url": url, "connections": connections, "rate_per_s": rate, "victim": {

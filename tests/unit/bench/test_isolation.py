@@ -44,3 +44,46 @@ def test_the_flood_keeps_its_rate_open_loop() -> None:
     # ~1.2 s of flood at 100/s while each answer took 0.2 s: a closed loop would have sent at
     # most 64 connections' worth per 0.2 s, one connection ~6 in all.
     assert noisy["429"] >= 60 and noisy["sent_per_s"] > 50
+
+
+
+def test_without_a_transport_the_flood_runs_in_its_own_process() -> None:
+    # A real loopback server: the flood's process sends to it, the victim asks from this one.
+    import json
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers["content-length"]))
+            noisy = self.headers["authorization"] == "Bearer noisy"
+            body = json.dumps({"error": {"code": 429}} if noisy else {"sources": []}).encode()
+            self.send_response(429 if noisy else 200)
+            if noisy:
+                self.send_header("retry-after", "1")
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        async def alone() -> tuple[int | None, dict[str, object]]:
+            noisy = isolation.Flood(url, "noisy", 4, 50.0)
+            await noisy.started()
+            await asyncio.sleep(0.5)
+            return noisy.pid, await noisy.stop()
+
+        pid, got = asyncio.run(alone())
+        report = asyncio.run(isolation.run(url, "victim", "noisy", 5, 4, rate=50.0))
+    finally:
+        server.shutdown()
+    assert pid is not None and pid != os.getpid()
+    assert got["429"] and "429 without Retry-After" not in got and got["sent_per_s"]
+    assert report["noisy_key"]["429"] > 0 and report["victim"]["during"]["n"] == 5
