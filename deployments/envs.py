@@ -58,6 +58,11 @@ VARS: tuple[EnvVar, ...] = (
     EnvVar("RAY_gcs_server_port_wait_time_s", "driver",
            "Seconds a starting local Ray waits for its GCS to bind. Ray's 30 s default elapsed on a loaded "
            "2-core machine (a bulk ingest started next to a running stack), failing the start.", "120"),
+    EnvVar("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "driver",
+           "Replica log records are written as they come, also where an operator turns on Ray Serve's "
+           "throughput-optimised mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1, which buffers them 1000 at a time): "
+           "the audit lines of writes and admin calls must not wait in memory, or be lost with a crashed "
+           "replica (docs/benchmarks.md).", "1"),
 )
 _BY_NAME = {v.name: v for v in VARS}
 

@@ -55,10 +55,10 @@ def init_ray(address: str | None, **kwargs: Any) -> None:
     import psutil
     import ray
 
-    envs.prepare_local_ray()
     if address is not None:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, **kwargs)  # the cluster's own settings hold: no driver variables
         return
+    envs.prepare_local_ray()
     me = psutil.Process()
     for attempt in range(1, LOCAL_RAY_TRIES + 1):
         before = {p.pid for p in me.children(recursive=True)}

@@ -104,9 +104,9 @@ def _flood_main(url: str, key: str, started: Any, stop: Any, connections: int, r
 class Flood:
     """The noisy key's load, running until :meth:`stop`.
 
-    In its own process, as a second client is in reality: in a thread of the victim's process its
-    client's CPU, the GIL and its garbage collections (heavier in a long-lived process such as a
-    test session) would pause the victim's client and be measured as the server's doing. A test
+    In its own process, as a second client is in reality: in a thread of the victim's process the
+    two clients would share one GIL and one garbage collector, so the flood's client could pause
+    the victim's and be counted as the server's doing (or be slowed by it). A test
     that injects an in-process ``transport`` gets a thread instead (a transport does not cross
     processes).
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -92,3 +93,16 @@ def test_other_ray_errors_and_the_last_try_are_raised(fake_ray) -> None:
     for p in fake.left_behind:
         p.kill()
         p.wait()
+
+
+def test_only_a_local_start_gets_the_driver_variables(fake_ray, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments import envs
+
+    for name in envs.declared("driver"):
+        monkeypatch.setenv(name, "unset")  # the fixture restores the original state after the test
+        monkeypatch.delenv(name)
+    fake_ray(failures=0)
+    init_ray("ray://head:10001")  # joining: the cluster's own settings hold
+    assert not any(name in os.environ for name in envs.declared("driver"))
+    init_ray(None)
+    assert os.environ["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] == "1"
