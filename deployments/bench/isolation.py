@@ -89,7 +89,7 @@ async def flood(client: httpx.AsyncClient, key: str, stop: Flag, connections: in
     return got
 
 
-def _flood_main(url: str, key: str, started: Any, stop: Any, connections: int, rate: float,
+def _flood_main(url: str, key: str, started: Any, stop: Flag, connections: int, rate: float,
                 collection: str | None, transport: httpx.AsyncBaseTransport | None, results: Any) -> None:
     """The body of :class:`Flood`'s process or thread: :func:`flood` on its own event loop."""
     async def go() -> None:

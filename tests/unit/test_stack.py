@@ -47,7 +47,6 @@ class _FakeRay:
         self.calls.append(kwargs)
         if len(self.calls) <= self.failures:
             self.left_behind.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
-            self.left_behind.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"]))
             raise Exception(self.message)  # what Ray raises: a bare Exception
 
     def shutdown(self) -> None:
@@ -75,6 +74,31 @@ def test_local_ray_start_that_misses_the_raylet_wait_is_retried_and_cleaned(fake
     finally:
         keep.kill()
         keep.wait()
+
+
+def test_a_process_of_the_failed_try_that_is_already_gone_is_not_an_error(fake_ray, monkeypatch) -> None:
+    # The race: a process is listed as the failed try's, then exits and is reaped before it is
+    # stopped; stopping it raises NoSuchProcess, which must not end the retries.
+    import psutil
+
+    gone: list[psutil.Process] = []
+    listed = psutil.Process.children
+    monkeypatch.setattr(psutil.Process, "children", lambda self, recursive=False: listed(self, recursive) + gone)
+    fake = fake_ray(failures=1)
+    real_init = fake.init
+
+    def init(**kwargs) -> None:
+        if not gone:
+            child = subprocess.Popen([sys.executable, "-c", "pass"])
+            gone.append(psutil.Process(child.pid))
+            child.wait()  # exited and reaped: the listed Process now names nothing
+        real_init(**kwargs)
+
+    fake.init = init
+    init_ray(None)
+    assert len(fake.calls) == 2
+    for p in fake.left_behind:
+        assert p.wait(timeout=15) is not None
 
 
 def test_other_ray_errors_and_the_last_try_are_raised(fake_ray) -> None:

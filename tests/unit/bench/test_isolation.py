@@ -46,7 +46,6 @@ def test_the_flood_keeps_its_rate_open_loop() -> None:
     assert noisy["429"] >= 60 and noisy["sent_per_s"] > 50
 
 
-
 def test_without_a_transport_the_flood_runs_in_its_own_process() -> None:
     # A real loopback server: the flood's process sends to it, the victim asks from this one.
     import json
