@@ -483,6 +483,14 @@ class AppConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, tenants and limits.")
     logging: LoggingOptions = Field(default_factory=LoggingOptions, description="Replica logging.")
 
+    def stored_copy(self, collection: str | None = None, tenant: str = "") -> str:
+        """The Milvus collection this config's encoder reads and writes for ``collection`` (default:
+        ``search.milvus.collection``) of ``tenant``: its own copy (``protocol.types``)."""
+        from deployments.protocol.types import encoded_collection, encoder_tag, stored_collection
+
+        return encoded_collection(stored_collection(tenant, collection or self.search.milvus.collection),
+                                  encoder_tag(self.encoder.model))
+
 
 # --------------------------------------------------------------------------- loading
 DEFAULT_CONFIG_PATH = Path("cluster/serve_config.yaml")
