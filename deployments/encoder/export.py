@@ -41,8 +41,9 @@ EXPORT_VERSION = 1
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 #: The file that marks a finished export of each backend (ONNX: one file; OpenVINO: .xml + .bin).
 MODEL_FILE = {"onnx": "model.onnx", "openvino": "model.xml"}
-#: ONNX opset of the export: supported by every ONNX Runtime and OpenVINO release the cpu extra allows.
-OPSET = 17
+#: ONNX opset of the export: the lowest torch's exporter writes without converting (it implements 18+),
+#: read by every ONNX Runtime (1.14+) and OpenVINO release the cpu extra allows.
+OPSET = 18
 
 
 def weights_digest(model: Any) -> str:
