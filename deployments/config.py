@@ -217,11 +217,12 @@ class EncoderConfig(_Strict):
     precision: Literal["fp32", "bf16", "int8"] = Field(
         "fp32",
         description="Numeric precision of the forward pass. fp32: every backend, the same results on every CPU. "
-        "int8 (onnx only): weights of the matrix multiplications quantised to int8 once at export (dynamic "
-        "quantisation of the activations, 7-bit weight range so AVX2 CPUs without VNNI do not saturate); the "
-        "file runs on any CPU, but it is only fast where the CPU has VNNI (AVX512-VNNI or AVX-VNNI): opt-in, and "
-        "check its nDCG with `ragserve bench --mode encoder-backends --eval`. bf16 (openvino only): OpenVINO's "
-        "bf16 inference on CPUs with AVX512-BF16 or AMX; on other CPUs OpenVINO runs fp32 instead.",
+        "int8 (onnx only): weights of the matrix multiplications quantised to int8 once at export, activations "
+        "at run time (7-bit weight range, so AVX2 CPUs without VNNI do not saturate); the file is correct on any "
+        "CPU, but its speed-up was measured with AVX512-VNNI and depends on VNNI (AVX512-VNNI or AVX-VNNI), and a "
+        "text's vector varies slightly with its batch-mates: opt-in; measure it on the target CPU with `ragserve "
+        "bench --mode encoder-backends --eval`. bf16 (openvino only): OpenVINO's bf16 inference, fast on CPUs "
+        "with AVX512-BF16 or AMX; on other CPUs OpenVINO runs fp32 instead.",
     )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0 ... (onnx and openvino: cpu only).")
     max_batch_size: int = Field(32, ge=1, description="Most requests merged into one forward pass.")

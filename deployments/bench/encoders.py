@@ -130,16 +130,23 @@ def through_serve(cfg: AppConfig, variants: Sequence[str], questions: Sequence[s
 
 
 # --------------------------------------------------------------------------- retrieval quality
-def quality(cfg: AppConfig, variants: Sequence[str]) -> dict[str, dict[str, float]]:
-    """nDCG@10 (dense, hybrid) of ``ragserve eval``'s runner on a local stack per variant, each in
-    a fresh collection ``eval_<backend>_<precision>``."""
+def quality(cfg: AppConfig, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """nDCG@10 (dense, hybrid; overall and per language) of ``ragserve eval``'s runner on a local
+    stack per variant, each in a fresh collection ``eval_<backend>_<precision>``.
+
+    A variant's loss against torch is its largest drop over the scores the encoder takes part in:
+    dense, and hybrid in each language of ``search.dense_languages``. A hybrid question in another
+    language is searched lexically only, and its score moved between fresh collections with the
+    same texts (up to 0.04 for Chinese on the bundled set, with identical vectors: milvus-lite's
+    BM25 ranking of near-ties), which would be charged to the encoder otherwise.
+    """
     import httpx
 
     from deployments.evaluation import dataset, runner
     from deployments.stack import LocalStack
 
     evalset = dataset.load(None, conversations=False)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for v in variants:
         collection = "eval_" + v.replace("/", "_")
         stack_cfg = cfg.model_copy(update={"encoder": encoder_cfg(cfg.encoder, v)})
@@ -151,9 +158,12 @@ def quality(cfg: AppConfig, variants: Sequence[str]) -> dict[str, dict[str, floa
         out[v] |= {f"{m}_ndcg@10_{lang}": a["ndcg@10"] for m in opts.modes
                    for lang, a in report["modes"][m]["by_lang"].items()}
         print(f"eval {v}: {out[v]}", flush=True)
+    judged = ["dense_ndcg@10", *(f"hybrid_ndcg@10_{lang}" for lang in cfg.search.dense_languages
+                                 if f"hybrid_ndcg@10_{lang}" in out[variants[0]])]
     ref = out[variants[0]]
     for v in variants:
-        out[v]["worst_loss_vs_torch"] = max(ref[k] - out[v][k] for k in ("dense_ndcg@10", "hybrid_ndcg@10"))
+        out[v]["judged_on"] = judged
+        out[v]["worst_loss_vs_torch"] = max(ref[k] - out[v][k] for k in judged)
         out[v]["within_tolerance"] = out[v]["worst_loss_vs_torch"] <= NDCG_TOLERANCE
     return out
 
@@ -180,6 +190,9 @@ def format_table(results: dict[str, Any]) -> str:
             mark = "" if q[v]["within_tolerance"] else " !"
             line += f" {q[v]['dense_ndcg@10']:10.4f} {q[v]['hybrid_ndcg@10']:10.4f} {q[v]['worst_loss_vs_torch']:7.4f}{mark}"
         lines.append(line)
-    lines.append("x: texts/s over torch/fp32's in the same round; c=32: 32 texts per forward pass; pass: eval passages, "
-                 f"32 per pass; loss: largest nDCG@10 drop against torch (! over {NDCG_TOLERANCE})")
+    lines.append("x: texts/s over torch/fp32's in the same round; c=32: 32 texts per forward pass; pass: eval "
+                 "passages, 32 per pass")
+    if q:
+        judged = ", ".join(next(iter(q.values()))["judged_on"])
+        lines.append(f"loss: largest nDCG@10 drop against torch over {judged} (! over {NDCG_TOLERANCE})")
     return "\n".join(lines)
