@@ -83,7 +83,8 @@ def inprocess(cfg: AppConfig, variants: Sequence[str], questions: Sequence[str],
         embedders[v] = Embedder(encoder_cfg(cfg.encoder, v))
         load_s[v] = time.perf_counter() - t
         embedders[v].embed(questions[:32])  # first passes allocate
-    steps = {"c1": (_cycle(questions, 48), 1), "c32": (_cycle(questions, 256), 32), "passages_b32": (list(docs), 32)}
+    steps = {"c1": (_cycle(questions, 48), 1), "c32": (_cycle(questions, 256), 32),
+             "passages_b32": (list(docs), 32)}
     rates: dict[str, dict[str, list[float]]] = {v: {s: [] for s in steps} for v in variants}
     for r in range(rounds):
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:
@@ -94,7 +95,8 @@ def inprocess(cfg: AppConfig, variants: Sequence[str], questions: Sequence[str],
     ref = embedders[variants[0]].embed(probe)
     out = {}
     for v in variants:
-        cos = [sum(a * b for a, b in zip(x, y, strict=True)) for x, y in zip(embedders[v].embed(probe), ref, strict=True)]
+        got = embedders[v].embed(probe)
+        cos = [sum(a * b for a, b in zip(x, y, strict=True)) for x, y in zip(got, ref, strict=True)]
         out[v] = {f"{s}_texts_per_s": statistics.median(xs) for s, xs in rates[v].items()} | {
             "load_s": load_s[v], "cosine_min": min(cos), "cosine_mean": statistics.fmean(cos)}
     return out
@@ -115,8 +117,8 @@ def through_serve(cfg: AppConfig, variants: Sequence[str], questions: Sequence[s
     try:
         for v in variants:
             app = "bench-encoder-" + v.replace("/", "-")
-            serve.run(Encoder.options(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
-                      .bind(encoder_cfg(cfg.encoder, v)), name=app, route_prefix=None)
+            deployment = Encoder.options(num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+            serve.run(deployment.bind(encoder_cfg(cfg.encoder, v)), name=app, route_prefix=None)
             handle = serve.get_deployment_handle("encoder", app_name=app)
             try:
                 out[v] = {f"c{c}_texts_per_s": asyncio.run(_drive(handle, questions, c, n if c > 1 else n // 4))
@@ -182,13 +184,16 @@ def format_table(results: dict[str, Any]) -> str:
     for v, r in inp.items():
         cells = []
         for k in ("c1", "c32", "passages_b32"):
-            cells += [f"{r[f'{k}_texts_per_s']:9.1f}", f"{r[f'{k}_texts_per_s'] / ref[f'{k}_texts_per_s']:5.2f}"]
+            rate = r[f"{k}_texts_per_s"]
+            cells += [f"{rate:9.1f}", f"{rate / ref[f'{k}_texts_per_s']:5.2f}"]
         line = f"{v:15} " + " ".join(cells) + f" {r['cosine_min']:8.4f} {r['cosine_mean']:8.4f}"
         if srv:
-            line += f" {srv[v]['c1_texts_per_s']:10.1f} {srv[v]['c32_texts_per_s']:10.1f}" if v in srv else " " * 22
+            s = srv.get(v)
+            line += f" {s['c1_texts_per_s']:10.1f} {s['c32_texts_per_s']:10.1f}" if s else " " * 22
         if q and v in q:
             mark = "" if q[v]["within_tolerance"] else " !"
-            line += f" {q[v]['dense_ndcg@10']:10.4f} {q[v]['hybrid_ndcg@10']:10.4f} {q[v]['worst_loss_vs_torch']:7.4f}{mark}"
+            line += (f" {q[v]['dense_ndcg@10']:10.4f} {q[v]['hybrid_ndcg@10']:10.4f}"
+                     f" {q[v]['worst_loss_vs_torch']:7.4f}{mark}")
         lines.append(line)
     lines.append("x: texts/s over torch/fp32's in the same round; c=32: 32 texts per forward pass; pass: eval "
                  "passages, 32 per pass")

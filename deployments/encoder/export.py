@@ -61,7 +61,8 @@ def weights_digest(model: Any) -> str:
 
 def cache_key(name: str, digest: str, backend: str, variant: str) -> str:
     """Directory name of one export: readable model name, weights hash, backend, variant, version."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name.removeprefix("bundled:").rstrip("/").rsplit("/", 1)[-1]) or "model"
+    last = name.removeprefix("bundled:").rstrip("/").rsplit("/", 1)[-1]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", last) or "model"
     return f"{safe}-{digest[:16]}-{backend}-{variant}-v{EXPORT_VERSION}"
 
 

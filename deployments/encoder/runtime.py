@@ -14,6 +14,7 @@ Imported only by :class:`deployments.encoder.model.Embedder` for a non-torch bac
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,9 @@ from deployments.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The package each non-torch backend needs (all in the ``cpu`` extra).
-PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
+#: The packages each non-torch backend needs: its runtime, and what torch's ONNX exporter needs
+#: (all in the ``cpu`` extra).
+PACKAGES = {"onnx": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
 
 
 class RuntimeModel(torch.nn.Module):
@@ -72,7 +74,7 @@ def attach(st: Any, cfg: EncoderConfig, threads: int) -> Path:
         the model file in use.
 
     Raises:
-        ConfigError: the backend's package is missing, or the model is not a transformer
+        ConfigError: a package the backend needs is missing, or the model is not a transformer
             sentence-transformers can hand over.
     """
     from sentence_transformers.base.modules.transformer import Transformer
@@ -81,11 +83,10 @@ def attach(st: Any, cfg: EncoderConfig, threads: int) -> Path:
     if not isinstance(module, Transformer):
         raise ConfigError(f"encoder.backend {cfg.backend!r} needs a transformer-based sentence-transformers model; "
                           f"{cfg.model!r} starts with {type(module).__name__}")
-    try:
-        __import__(PACKAGES[cfg.backend])
-    except ImportError:
-        raise ConfigError(f"encoder.backend {cfg.backend!r} needs the {PACKAGES[cfg.backend]} package "
-                          "(pip install 'ragserve[cpu]')") from None
+    missing = [p for p in PACKAGES[cfg.backend] if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ConfigError(f"encoder.backend {cfg.backend!r} needs the package(s) {', '.join(missing)} "
+                          "(pip install 'ragserve[cpu]')")
     names = input_names(st)
     variant = "int8" if cfg.precision == "int8" else "fp32"  # bf16 is a run-time choice on the fp32 file
     path = export.exported(module.model, names, cfg.model, cfg.backend, variant)

@@ -96,6 +96,6 @@ def test_exports_land_in_the_cache(cache: Path, reference: tuple[Embedder, np.nd
 
 
 def test_a_missing_runtime_package_is_a_config_error(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(runtime.PACKAGES, "onnx", "onnxruntime_not_installed_here")
-    with pytest.raises(ConfigError, match="needs the onnxruntime_not_installed_here package"):
+    monkeypatch.setitem(runtime.PACKAGES, "onnx", ("onnxruntime_not_installed_here", "onnx"))
+    with pytest.raises(ConfigError, match=r"needs the package\(s\) onnxruntime_not_installed_here \(pip"):
         Embedder(EncoderConfig(backend="onnx"))
