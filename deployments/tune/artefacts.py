@@ -6,8 +6,8 @@ everything that decides the weights: the base model's files, the training data a
 parameters, so the same inputs give the same name (a finished run is reused, not trained again)
 and a config that names ``tuned:<kind>-<version>`` names exactly one set of weights.
 
-Artefacts are written whole or not at all (a temporary directory renamed into place), as the
-converted generator weights are (``deployments/models.py``).
+Artefacts are written whole or not at all, as the converted generator weights are
+(``models.build_once``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -99,25 +98,17 @@ def manifest(path: Path) -> dict[str, Any]:
 
 
 def publish(model_dir: Path, kind: Kind, ver: str, meta: dict[str, Any]) -> Path:
-    """Copy a trained model into the cache as artefact ``kind-ver`` (atomically); returns its path.
-    An artefact that exists already is kept (same version: same weights)."""
-    target = root() / name(kind, ver)
-    if (target / MANIFEST).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    """Copy a trained model into the cache as artefact ``kind-ver``, whole or not at all
+    (``models.build_once``); returns its path. An artefact that exists already is kept (same
+    version: same weights)."""
+    from deployments.models import build_once
+
+    def build(tmp: Path) -> None:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         (tmp / MANIFEST).write_text(json.dumps({"kind": kind, "version": ver, **meta}, indent=2, sort_keys=True),
                                     encoding="utf-8")
-        os.rename(tmp, target)
-    except OSError:
-        if (target / MANIFEST).exists():  # another process published the same version first
-            return target
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_once(root() / name(kind, ver), build, MANIFEST)
 
 
 def update_manifest(path: Path, **fields: Any) -> None:

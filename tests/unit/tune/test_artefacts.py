@@ -51,7 +51,7 @@ def test_a_published_artefact_resolves_by_reference_and_is_kept(tmp_path: Path) 
     # The same version again: the first copy stays (same inputs, same weights).
     assert artefacts.publish(model_dir(tmp_path / "other", b"w2"), "encoder", "0123456789abcdef", {}) == path
     assert (path / "model.safetensors").read_bytes() == b"w1"
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".build-")]  # no temporary left behind
     artefacts.update_manifest(path, offered=True)
     assert artefacts.manifest(path)["offered"] is True
 
