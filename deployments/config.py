@@ -338,6 +338,9 @@ class RerankerConfig(_Strict):
     candidates: int = Field(20, ge=1, description="Passages fetched from search and rescored.")
     max_length: int = Field(256, ge=8, description="Tokens of question + passage given to the model.")
     batch_size: int = Field(32, ge=1, description="Pairs per forward pass.")
+    precision: bool = Field(True, description="Re-apply search.precision (exact terms, newest first) to the "
+                            "cross-encoder's order of a hybrid request: a cross-encoder reads 3.4.0 and 3.4.1 "
+                            "as alike as the retrievers do.")
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.5), max_ongoing_requests=16)
 
 

@@ -27,6 +27,7 @@ from deployments.protocol.stages import (
     SamplingParams, SearchRequest, SearchResult,
 )
 from deployments.protocol.types import ENCODER_SEP, ChatMessage, encoder_tag, split_encoded
+from deployments.search import precision
 
 READY_TIMEOUT_S = 5.0
 
@@ -188,9 +189,18 @@ class Pipeline:
         result = await self.call(self.handles["search"].search.remote(req), "search")
         result = result.model_copy(update={"encoder": vector.model})
         if rerank is not None and result.hits:
-            hits = await self.call(rerank.rerank.remote(prepared.text, result.hits, top_k), "rerank")
-            result = result.model_copy(update={"hits": hits})
+            hits = await self.call(rerank.rerank.remote(prepared.text, result.hits, len(result.hits)), "rerank")
+            result = result.model_copy(update={"hits": self.reranked(prepared, where.mode, hits)[:top_k]})
         return prepared, result
+
+    def reranked(self, prepared: PreparedQuery, mode: str | None, hits: tuple[Hit, ...]) -> tuple[Hit, ...]:
+        """The cross-encoder's order of a hybrid request's candidates with ``search.precision``
+        re-applied (``reranker.precision``): a cross-encoder reads 3.4.0 and 3.4.1 as alike as
+        the retrievers do, so the passage naming the question's exact terms must still come first."""
+        scfg = self.cfg.search
+        if not self.cfg.reranker.precision or (mode or scfg.mode) != "hybrid" or not precision.active(scfg.precision):
+            return hits
+        return tuple(precision.reorder(hits, prepared.key_terms, scfg.precision, scfg.rrf_k))
 
     def grounding(self, answer: str, hits: tuple[Hit, ...]) -> list[int]:
         """Sources the answer is lexically drawn from (``generator.prompt.grounding``)."""

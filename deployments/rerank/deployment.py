@@ -1,10 +1,12 @@
 """The optional rerank deployment: a cross-encoder rescoring the search stage's candidates.
 
 Off by default (``reranker.enabled``): no PyPI package carries cross-encoder weights, so the
-embedded default cannot ship one. On a cluster that can reach the hub (or with weights in a
-local directory), set ``reranker.model`` (e.g. ``cross-encoder/ms-marco-MiniLM-L-6-v2``) and
-``enabled: true``: search then returns ``reranker.candidates`` passages and this stage keeps the
-``top_k`` best by the cross-encoder's score, which replaces the fused score.
+embedded default cannot ship one; ``ragserve tune train --kind reranker`` trains one from the
+bundled MiniLM on a collection (``tuned:reranker-<version>``), and on a cluster that can reach
+the hub ``reranker.model`` may name one (e.g. ``cross-encoder/ms-marco-MiniLM-L-6-v2``). With
+``enabled: true`` search returns ``reranker.candidates`` passages, this stage orders them by the
+cross-encoder's score (which replaces the fused score) and the ingress keeps the ``top_k`` best
+(re-applying the exact-term preference for hybrid requests, ``reranker.precision``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class Reranker:
     def __init__(self, cfg: RerankerConfig) -> None:
         self.cfg = cfg
         self.scorer = CrossEncoderScorer(cfg)
+
+    async def ready(self) -> dict[str, str]:
+        """The readiness check's call (``Stage.ready_call``): the model is loaded once this answers."""
+        return {"model": self.cfg.model}
 
     async def rerank(self, question: str, hits: tuple[Hit, ...], top_k: int) -> tuple[Hit, ...]:
         """The ``top_k`` best of ``hits`` for ``question``, with cross-encoder scores."""

@@ -92,7 +92,7 @@ class Searcher:
             mode = req.mode or self.cfg.mode
             # A hybrid request is reordered for precision even when served lexically (a language
             # the encoder does not know): twins are as common in Chinese as in English.
-            reorder = mode == "hybrid" and self._reorders()
+            reorder = mode == "hybrid" and precision.active(self.cfg.precision)
             if mode == "hybrid" and req.query.language not in self.cfg.dense_languages:
                 mode = "lexical"  # the response's `mode` says so
             fetch = max(req.top_k, self.cfg.precision.candidates) if reorder else req.top_k
@@ -112,11 +112,6 @@ class Searcher:
             result = await self._run("search", run)
             metrics.observe("rag_search_hits", len(result.hits), mode=mode)
             return result
-
-    def _reorders(self) -> bool:
-        """Whether a precision feature is on (else hybrid results are the fusion's, as they come)."""
-        p = self.cfg.precision
-        return (p.exact_terms and p.exact_term_weight > 0) or p.prefer_newest != "off"
 
     # ------------------------------------------------------------------ documents
     async def document_state(self, collection: str | None, doc_id: str, encoder: str = "") -> dict[str, str]:

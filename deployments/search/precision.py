@@ -93,6 +93,11 @@ def newest_first(hits: Sequence[Hit], threshold: float, field: str) -> list[Hit]
     return out
 
 
+def active(cfg: PrecisionConfig) -> bool:
+    """Whether a feature is on (else hybrid results are the fusion's, as they come)."""
+    return (cfg.exact_terms and cfg.exact_term_weight > 0) or cfg.prefer_newest != "off"
+
+
 def reorder(hits: Sequence[Hit], terms: Sequence[str], cfg: PrecisionConfig, rank_k: int) -> list[Hit]:
     """Both features as configured, on fused candidates best first; returns them best first."""
     out = exact_term_order(hits, terms, cfg.exact_term_weight, rank_k) if cfg.exact_terms else list(hits)

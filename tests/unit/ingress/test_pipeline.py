@@ -1,4 +1,5 @@
-"""The pipeline's generation deadlines, with a fake generator handle (error paths only).
+"""The pipeline's generation deadlines, with a fake generator handle (error paths only), and the
+reranked order of candidates.
 
 A generator with no live replica (or a queue too long) must give a fast 503 before any response
 byte is sent, not hold the client until the generation deadline.
@@ -14,7 +15,9 @@ import pytest
 from deployments.config import parse_app_config
 from deployments.errors import OverloadedError
 from deployments.ingress.pipeline import Pipeline
-from deployments.protocol.stages import GenerationChunk, GenerationRequest, PackedContext, SamplingParams
+from deployments.protocol.stages import (
+    GenerationChunk, GenerationRequest, Hit, PackedContext, PreparedQuery, SamplingParams,
+)
 from deployments.protocol.types import ChatMessage
 
 REQ = GenerationRequest(messages=(ChatMessage(role="user", content="hi"),),
@@ -161,3 +164,22 @@ def test_several_choices_sample_unless_the_caller_asked_for_greedy() -> None:
     with pytest.raises(InvalidRequestError) as e:
         p.sampling_of(8, 0.0, None, (), None, n=2)
     assert e.value.param == "n"
+
+
+def _hit(doc: str, text: str) -> Hit:
+    return Hit(id=f"{doc}#0", doc_id=doc, source=doc, title="", chunk_index=0, text=text, score=0.0,
+               created_at=0, updated_at=0)
+
+
+def test_the_cross_encoders_order_keeps_the_exact_term_preference_of_hybrid_requests() -> None:
+    """A cross-encoder that puts 3.4.0 first for a question naming 3.4.1 is overruled by the exact
+    term; dense requests, and a config without ``reranker.precision``, keep its order."""
+    ce_order = (_hit("r340", "Release 3.4.0 raises the connection limit."),
+                _hit("r341", "Release 3.4.1 repairs the clock."))
+    q = PreparedQuery(text="release 3.4.1 limit", tokens=("releas", "limit"), language="en", key_terms=("3.4.1",))
+    on = Pipeline({}, parse_app_config({}))
+    assert [h.doc_id for h in on.reranked(q, "hybrid", ce_order)] == ["r341", "r340"]
+    assert [h.doc_id for h in on.reranked(q, None, ce_order)] == ["r341", "r340"]  # search.mode is hybrid
+    assert [h.doc_id for h in on.reranked(q, "dense", ce_order)] == ["r340", "r341"]
+    off = Pipeline({}, parse_app_config({"reranker": {"precision": False}}))
+    assert [h.doc_id for h in off.reranked(q, "hybrid", ce_order)] == ["r340", "r341"]
