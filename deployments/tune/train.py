@@ -247,6 +247,12 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- the driver
+def version(base_path: Path, data_dir: Path, params: TrainParams) -> str:
+    """The artefact version of training ``base_path`` on the set in ``data_dir`` with ``params``
+    (also the name of its run's directory under ``<cache>/tuned/runs``, with the kind)."""
+    return artefacts.version(artefacts.digest_model(base_path), TrainingSet.digest(data_dir), params.as_dict())
+
+
 def fit(kind: Kind, base: str, data_dir: Path, params: TrainParams, run: RunOptions = RunOptions(),
         meta: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train ``kind`` from the model reference ``base`` on a saved training set and publish the
@@ -260,7 +266,7 @@ def fit(kind: Kind, base: str, data_dir: Path, params: TrainParams, run: RunOpti
     base_path = Path(models.resolve(base))
     data = TrainingSet.load(data_dir)
     data.check()
-    ver = artefacts.version(artefacts.digest_model(base_path), TrainingSet.digest(data_dir), params.as_dict())
+    ver = version(base_path, data_dir, params)
     done = artefacts.root() / artefacts.name(kind, ver)
     if (done / artefacts.MANIFEST).exists():
         return done, {"reused": True}

@@ -70,9 +70,15 @@ def tuning(stack, tmp_path_factory: pytest.TempPathFactory) -> Tuning:
     return Tuning(ts.save(tmp_path_factory.mktemp("tune")), ts.chunks)
 
 
-def fit(tuning: Tuning, **params) -> tuple[Path, dict]:
-    p = train.TrainParams(epochs=1, batch_size=8, **params)
-    return train.fit("encoder", "bundled:all-MiniLM-L6-v2", tuning.data_dir, p,
+BASE = "bundled:all-MiniLM-L6-v2"
+
+
+def params(**kw) -> train.TrainParams:
+    return train.TrainParams(epochs=1, batch_size=8, **kw)
+
+
+def fit(tuning: Tuning, **kw) -> tuple[Path, dict]:
+    return train.fit("encoder", BASE, tuning.data_dir, params(**kw),
                      train.RunOptions(checkpoint_every=2, cpus_per_worker=0.5, max_failures=2))
 
 
@@ -81,9 +87,14 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(tuning: Tuning) ->
     done: dict = {}
     worker = threading.Thread(target=lambda: done.update(zip(("path", "metrics"), fit(tuning, seed=seed))))
     worker.start()
-    runs = artefacts.root() / "runs"
+    from deployments import models
+
+    # This run's own directory (the cache may hold other runs'), and the file Ray Train writes once
+    # its controller has registered a checkpoint (the one a restarted worker group resumes from).
+    ver = train.version(Path(models.resolve(BASE)), tuning.data_dir, params(seed=seed))
+    registered = artefacts.root() / "runs" / artefacts.name("encoder", ver) / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 600
-    while not list(runs.glob("encoder-*/checkpoint_*")) or not _alive_workers():
+    while not registered.exists() or not _alive_workers():
         assert worker.is_alive() and time.monotonic() < deadline, "training ended or stalled before a checkpoint"
         time.sleep(0.5)
     victims = _alive_workers()
