@@ -14,15 +14,14 @@ for docs/reliability.md.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from deployments.app import build_app
+from deployments.bench.sequential import SequentialClients
 from deployments.client import iter_sse
 from deployments.config import AppConfig, load_config, parse_app_config
 
@@ -35,38 +34,19 @@ COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
 NEW_MAX_TOKENS = 24
 
 
-@dataclass
-class Load:
-    """Sequential clients of three kinds, each looping until :meth:`stop`; every outcome kept."""
+class Load(SequentialClients):
+    """Sequential clients of three kinds, each looping until :meth:`stop`; every outcome kept
+    as (kind, seconds, failure)."""
 
-    url: str
-    outcomes: list[tuple[str, float, str | None]] = field(default_factory=list)  # kind, seconds, failure
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
+    kinds = ("retrieve", "query", "stream")
 
-    def start(self) -> "Load":
-        for kind in ("retrieve", "query", "stream"):
-            t = threading.Thread(target=self._loop, args=(kind,), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def stop(self) -> list[tuple[str, float, str | None]]:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=200)
-        assert not any(t.is_alive() for t in self._threads), "a client hung"
-        return self.outcomes
-
-    def _loop(self, kind: str) -> None:
-        with httpx.Client(base_url=self.url, timeout=180) as client:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    failure = getattr(self, f"_{kind}")(client)
-                except httpx.HTTPError as e:
-                    failure = f"{type(e).__name__}: {e}"
-                self.outcomes.append((kind, time.monotonic() - t0, failure))
+    def ask(self, kind: str, client: httpx.Client) -> tuple[str, float, str | None]:
+        t0 = time.monotonic()
+        try:
+            failure = getattr(self, f"_{kind}")(client)
+        except httpx.HTTPError as e:
+            failure = f"{type(e).__name__}: {e}"
+        return kind, time.monotonic() - t0, failure
 
     @staticmethod
     def _retrieve(client: httpx.Client) -> str | None:

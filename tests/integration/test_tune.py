@@ -22,13 +22,14 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from deployments.bench.sequential import SequentialClients
 from deployments.tune import artefacts, data, evaluate, rollout, synth, train
 
 pytestmark = pytest.mark.integration
@@ -122,38 +123,22 @@ def _alive_workers() -> list[int]:
     return found
 
 
-@dataclass
-class Clients:
+class Clients(SequentialClients):
     """Sequential clients (a retrieval, a streamed answer, a document write) until stopped; each
-    outcome with the encoder that served it."""
+    outcome as (kind, failure, the encoder that served it)."""
 
-    url: str
-    outcomes: list[tuple[str, str | None, str]] = field(default_factory=list)  # kind, failure, encoder
-    written: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
+    kinds = ("retrieve", "stream", "write")
+    pause_s = 0.2
+    written: list[str]
 
-    def start(self) -> "Clients":
-        for kind in ("retrieve", "stream", "write"):
-            self._threads.append(threading.Thread(target=self._loop, args=(kind,), daemon=True))
-            self._threads[-1].start()
-        return self
+    def __post_init__(self) -> None:
+        self.written = []
 
-    def stop(self) -> list[tuple[str, str | None, str]]:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=200)
-        assert not any(t.is_alive() for t in self._threads), "a client hung"
-        return self.outcomes
-
-    def _loop(self, kind: str) -> None:
-        with httpx.Client(base_url=self.url, timeout=180) as client:
-            while not self._stop.is_set():
-                try:
-                    self.outcomes.append((kind, *getattr(self, f"_{kind}")(client)))
-                except httpx.HTTPError as e:
-                    self.outcomes.append((kind, f"{type(e).__name__}: {e}", ""))
-                time.sleep(0.2)
+    def ask(self, kind: str, client: httpx.Client) -> tuple[str, str | None, str]:
+        try:
+            return (kind, *getattr(self, f"_{kind}")(client))
+        except httpx.HTTPError as e:
+            return kind, f"{type(e).__name__}: {e}", ""
 
     @staticmethod
     def _retrieve(client: httpx.Client) -> tuple[str | None, str]:
