@@ -150,7 +150,7 @@ class Searcher:
             store = ChunkStore(self._connected(), self.cfg, dim, encoded_collection(name, encoder))
             created = store.ensure_collection(create=True)
             with self._lock:
-                self._stores[name] = store
+                self._stores[store.name] = store  # keyed by the copy, as _store looks it up
             return created
 
         return await self._run("create", run)

@@ -101,3 +101,17 @@ def test_a_copy_recording_another_encoder_is_never_searched(monkeypatch: pytest.
     with pytest.raises(RagServeError, match="holds passages of encoder 'fedcba9876543210'") as err:
         asyncio.run(s.search(request("dense").model_copy(update={"encoder": "0123456789abcdef"})))
     assert err.value.status == 500 and FakeStore.calls == []
+
+
+def test_a_tuned_copy_created_here_is_not_served_to_the_untuned_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_collection caches the store under the copy's name: an untuned search of the same
+    collection afterwards opens the untuned copy, not the tuned one just created."""
+    s = searcher(monkeypatch, PrecisionConfig())
+    tag = "0123456789abcdef"
+    FakeStore.recorded = tag
+    asyncio.run(s.create_collection("kb", 3, encoder=tag))
+    FakeStore.recorded = None
+    asyncio.run(s.search(request("dense").model_copy(update={"collection": "kb"})))
+    assert FakeStore.names == [f"kb__enc_{tag}", "kb"]
+    asyncio.run(s.search(request("dense").model_copy(update={"collection": "kb", "encoder": tag})))
+    assert FakeStore.names == [f"kb__enc_{tag}", "kb"]  # the tuned copy's store was kept and reused
