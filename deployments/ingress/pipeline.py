@@ -211,10 +211,11 @@ class Pipeline:
             top_p=d.top_p if top_p is None else top_p, stop=stop, seed=seed, **extra)
 
     async def _generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream from the generator under two deadlines: its first chunk, sent when a replica
+        """The generator's chunks, under two deadlines: its first message, sent when a replica
         admits the request, within ``accept_timeout_s`` (else 503: no replica took it, or Serve's
         queue is full), every later one within ``request_timeout_s`` (else 504; the generator
-        enforces its own first)."""
+        enforces its own first). A message carries several chunks (``GenerationChunks``): a
+        non-streamed request's whole generation is one."""
         g = self.cfg.generator
         stream = self.handles["generator"].options(stream=True).generate.remote(req)
         first = True
@@ -223,7 +224,7 @@ class Pipeline:
                 deadline = g.accept_timeout_s if first else g.request_timeout_s + 5
                 try:
                     async with asyncio.timeout(deadline):
-                        chunk = await stream.__anext__()
+                        message = await stream.__anext__()
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
@@ -235,7 +236,8 @@ class Pipeline:
                 except Exception as exc:  # the stream itself failed (or Serve refused it): nothing to cancel
                     raise http.as_ragserve_error(exc) from None
                 first = False
-                yield chunk
+                for chunk in message.chunks:
+                    yield chunk
         except (GeneratorExit, asyncio.CancelledError):
             # The client went away: its task was cancelled while waiting for a chunk, or this
             # generator was closed between chunks. Serve does not pass that on to the generator

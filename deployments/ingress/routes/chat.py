@@ -68,9 +68,10 @@ def router(p: Pipeline) -> APIRouter:
                                     filter=body.filter, condense=body.condense)
             got = await p.retrieve(question, where, history, who)
             gen = GenerationRequest(rag=p.rag_prompt(question, got.result.hits, history), sampling=sampling,
-                                    request_id=rid, prompt_param="messages")
+                                    request_id=rid, prompt_param="messages", stream=bool(body.stream))
         else:
-            gen = GenerationRequest(messages=tuple(messages), sampling=sampling, request_id=rid)
+            gen = GenerationRequest(messages=tuple(messages), sampling=sampling, request_id=rid,
+                                    stream=bool(body.stream))
         context, chunks = await p.start(gen, who)
         head = _Head(rid, int(time.time()), model, got, context)
         if body.stream:

@@ -59,7 +59,8 @@ def router(p: Pipeline) -> APIRouter:
         # The caller's own text that can overflow the context: a question is capped by preprocess
         # (max_query_chars) to fit, so with earlier turns it is the history that does not.
         gen = GenerationRequest(rag=p.rag_prompt(body.question, got.result.hits, history), sampling=sampling,
-                                request_id=http.request_id(request), prompt_param="history" if history else "question")
+                                request_id=http.request_id(request), prompt_param="history" if history else "question",
+                                stream=body.stream)
         context, chunks = await p.start(gen, who)
         if body.stream:
             return http.stream(_query_events(p, gen.request_id, got, context, chunks))
@@ -82,7 +83,7 @@ def router(p: Pipeline) -> APIRouter:
         messages = ([ChatMessage(role="system", content=body.system)] if body.system else []) + [
             ChatMessage(role="user", content=body.prompt)]
         gen = GenerationRequest(messages=tuple(messages), sampling=p.sampling(body),
-                                request_id=http.request_id(request), prompt_param="prompt")
+                                request_id=http.request_id(request), prompt_param="prompt", stream=body.stream)
         _, chunks = await p.start(gen, who)
         if body.stream:
             return http.stream(_generate_events(chunks))
