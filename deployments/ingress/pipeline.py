@@ -20,6 +20,7 @@ from deployments.generator import prompt
 from deployments.ingress import http
 from deployments.ingress.access import Access
 from deployments.ingress.auth import OPEN, Principal
+from deployments.ingress.cache import RetrievalCache
 from deployments.preprocess import text as analysis
 from deployments.protocol.api import RetrievalFields, SamplingFields, SearchQuery, StageReadiness
 from deployments.protocol.stages import (
@@ -111,6 +112,7 @@ class Pipeline:
         self.registry = registry
         self.access = access or Access(cfg.auth)
         self.timeout = cfg.ingress.request_timeout_s
+        self.cache = RetrievalCache(cfg) if cfg.search.cache.enabled else None
 
     # ------------------------------------------------------------------ calls
     async def call(self, response: Any, stage: str) -> Any:
@@ -135,14 +137,37 @@ class Pipeline:
         return who.collection(name or self.cfg.search.milvus.collection)
 
     async def retrieve(self, question: str, where: RetrievalFields, history: tuple[ChatMessage, ...] = (),
-                       who: Principal = OPEN) -> Retrieval:
+                       who: Principal = OPEN, cached: bool = True) -> Retrieval:
         """Retrieve for ``question`` what ``who`` may read; after earlier turns (``history``), for
-        the search query the conversation makes of it (``deployments.ingress.conversation``)."""
+        the search query the conversation makes of it (``deployments.ingress.conversation``).
+        ``cached`` false: not from the retrieval cache, nor into it (``Cache-Control: no-cache``)."""
         from deployments.ingress import conversation
 
         query = await conversation.search_query(self, question, history, where.condense, who)
-        prepared, result = await self._search(query.text, where, who)
+        prepared, result = await self._cached_search(query.text, where, who, cached)
         return Retrieval(prepared, result, query)
+
+    async def _cached_search(self, text: str, where: RetrievalFields, who: Principal,
+                             cached: bool) -> tuple[PreparedQuery, SearchResult]:
+        """:meth:`_search` through the retrieval cache (``cache.py``). The version token is read
+        first and the stages run only after it (a retrieval stored under a token must have
+        started after that token's write). An over-long question is not looked up: preprocess
+        refuses it."""
+        pcfg, cache = self.cfg.preprocess, self.cache
+        if cache is None or not cached or len(text) > pcfg.max_query_chars:
+            if cache is not None:
+                cache.skipped()
+            return await self._search(text, where, who)
+        collection = self.collection(who, where.collection)
+        key = cache.key(analysis.normalize(text, pcfg.unicode_form), collection, who.groups, where.filter,
+                        where.mode or self.cfg.search.mode, where.top_k or self.cfg.search.top_k)
+        token = await cache.token(collection)
+        if (hit := cache.get(key, token)) is not None:
+            return hit.prepared, hit.result
+        prepared, result = await self._search(text, where, who)
+        if token is not None:
+            cache.put(key, token, prepared, result)
+        return prepared, result
 
     async def _search(self, text: str, where: RetrievalFields,
                       who: Principal) -> tuple[PreparedQuery, SearchResult]:

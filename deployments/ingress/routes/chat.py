@@ -66,7 +66,7 @@ def router(p: Pipeline) -> APIRouter:
             question, history = messages[-1].content, tuple(messages[:-1])
             where = RetrievalFields(top_k=body.top_k, mode=body.mode, collection=body.collection,
                                     filter=body.filter, condense=body.condense)
-            got = await p.retrieve(question, where, history, who)
+            got = await p.retrieve(question, where, history, who, http.cache_allowed(request))
             gen = GenerationRequest(rag=p.rag_prompt(question, got.result.hits, history), sampling=sampling,
                                     request_id=rid, prompt_param="messages", stream=bool(body.stream))
         else:

@@ -41,7 +41,7 @@ def router(p: Pipeline) -> APIRouter:
     async def retrieve(request: Request, who: Principal = p.access.requires("query")) -> RetrieveResponse:
         """Preprocess + encode + search: the passages a question would be answered from."""
         body = await http.read_json(request, RetrieveRequest, max_body)
-        got = await p.retrieve(body.question, body, tuple(body.history or ()), who)
+        got = await p.retrieve(body.question, body, tuple(body.history or ()), who, http.cache_allowed(request))
         return RetrieveResponse(sources=Source.numbered(got.result.hits), mode=got.result.mode,
                                 query_tokens=list(got.prepared.tokens), search_query=got.search_query)
 
@@ -55,7 +55,7 @@ def router(p: Pipeline) -> APIRouter:
         body = await http.read_json(request, QueryRequest, max_body)
         sampling = p.sampling(body)
         history = tuple(body.history or ())
-        got = await p.retrieve(body.question, body, history, who)
+        got = await p.retrieve(body.question, body, history, who, http.cache_allowed(request))
         # The caller's own text that can overflow the context: a question is capped by preprocess
         # (max_query_chars) to fit, so with earlier turns it is the history that does not.
         gen = GenerationRequest(rag=p.rag_prompt(body.question, got.result.hits, history), sampling=sampling,
