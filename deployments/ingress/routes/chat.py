@@ -98,7 +98,8 @@ def _completion(h: _Head, out: Collected, n: int, logprobs: bool) -> ChatComplet
                for i in range(n)]
     return ChatCompletion(
         id=h.rid, created=h.created, model=h.model, choices=choices, sources=h.sources, context=h.context,
-        search_query=h.search_query, cited=prompt.cited_sources(out.text(0), len(h.sources)),
+        search_query=h.search_query,
+        cited=prompt.cited_sources(out.text(0), len(h.sources), h.context and h.context.sources),
         usage=UsageInfo(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
                         total_tokens=out.prompt_tokens + out.completion_tokens))
 

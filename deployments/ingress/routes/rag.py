@@ -68,7 +68,8 @@ def router(p: Pipeline) -> APIRouter:
         answer = out.text()
         return QueryResponse(
             id=gen.request_id, answer=answer, sources=Source.numbered(got.result.hits), context=context,
-            cited=prompt.cited_sources(answer, len(got.result.hits)), grounded_in=p.grounding(answer, got.result.hits),
+            cited=prompt.cited_sources(answer, len(got.result.hits), context and context.sources),
+            grounded_in=p.grounding(answer, got.result.hits),
             finish_reason=out.finish.get(0), usage=Usage.of(out.prompt_tokens, out.completion_tokens),
             search_query=got.search_query)
 
@@ -110,7 +111,8 @@ async def _query_events(p: Pipeline, request_id: str, got: Retrieval, context: P
             answer = "".join(parts)
             yield http.sse(QueryDoneEvent(
                 finish_reason=finish, usage=Usage.of(chunk.prompt_tokens, chunk.completion_tokens),
-                cited=prompt.cited_sources(answer, len(hits)), grounded_in=p.grounding(answer, hits)), event="done")
+                cited=prompt.cited_sources(answer, len(hits), context and context.sources),
+                grounded_in=p.grounding(answer, hits)), event="done")
 
 
 async def _generate_events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[str]:
