@@ -25,7 +25,7 @@ def build_api(pipeline: Pipeline) -> FastAPI:
 
     app = FastAPI(title="ragserve", version=__version__, description=DESCRIPTION)
     app.add_middleware(http.IngressMiddleware)
-    app.add_exception_handler(RagServeError, lambda request, exc: http.error_response(exc))
+    app.add_exception_handler(RagServeError, lambda request, exc: http.error_response(exc, request))
     app.add_exception_handler(StarletteHTTPException, http.http_exception_handler)
     app.add_exception_handler(RequestValidationError, http.request_validation_handler)
     for module in ROUTERS:
