@@ -16,7 +16,10 @@ read before the retrieval runs, so what is stored under it was retrieved after t
 analyses: NFKC, whitespace collapsed), the tenant-qualified collection, the caller's ACL groups,
 the filter, the mode and top_k, and a fingerprint of the config that shapes retrieval (search,
 precision, rerank, preprocess, encoder model). So a passage reaches only callers of the same
-tenant and groups asking the same thing.
+tenant and groups asking the same thing. The collection is the ingress's encoder's copy of it
+(``protocol.types.encoded_collection``), keys and tokens alike, and the pipeline keeps only what
+that copy answered: after a rollout of another encoder no hit pairs one encoder's passages with
+another's questions.
 
 **Bounds**: ``search.cache.max_entries`` and ``max_bytes`` (an estimate of the passages' sizes),
 least recently used first out. Per ingress replica, in its one event loop (no locking but the

@@ -27,7 +27,7 @@ from deployments.protocol.stages import (
     Embeddings, GenerationChunk, GenerationRequest, Hit, PackedContext, PreparedQuery, QueryVector, RagPrompt,
     SamplingParams, SearchRequest, SearchResult,
 )
-from deployments.protocol.types import ENCODER_SEP, ChatMessage, encoder_tag, split_encoded
+from deployments.protocol.types import ENCODER_SEP, ChatMessage, encoded_collection, encoder_tag, split_encoded
 
 READY_TIMEOUT_S = 5.0
 
@@ -165,20 +165,25 @@ class Pipeline:
         """:meth:`_search` through the retrieval cache (``cache.py``). The version token is read
         first and the stages run only after it (a retrieval stored under a token must have
         started after that token's write). An over-long question is not looked up: preprocess
-        refuses it."""
+        refuses it.
+
+        Entries and tokens are those of this replica's encoder's copy of the collection (the copy
+        its questions are searched in), and only a retrieval that copy answered is kept: while a
+        rollout switches encoders, a vector may come from another encoder and be searched in
+        its copy, and that result must never be served as this encoder's."""
         pcfg, cache = self.cfg.preprocess, self.cache
         if cache is None or not cached or len(text) > pcfg.max_query_chars:
             if cache is not None:
                 cache.skipped()
             return await self._search(text, where, who)
-        collection = self.collection(who, where.collection)
-        key = cache.key(analysis.normalize(text, pcfg.unicode_form), collection, who.groups, where.filter,
+        copy = encoded_collection(self.collection(who, where.collection), self.encoder_tag)
+        key = cache.key(analysis.normalize(text, pcfg.unicode_form), copy, who.groups, where.filter,
                         where.mode or self.cfg.search.mode, where.top_k or self.cfg.search.top_k)
-        token = await cache.token(collection)
+        token = await cache.token(copy)
         if (hit := cache.get(key, token)) is not None:
             return hit.prepared, hit.result
         prepared, result = await self._search(text, where, who)
-        if token is not None:
+        if token is not None and encoder_tag(result.encoder) == self.encoder_tag:
             cache.put(key, token, prepared, result)
         return prepared, result
 
