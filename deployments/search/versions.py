@@ -33,6 +33,7 @@ from typing import Any
 #: schema lacks the chunk fields, so ``ensure_collection`` refuses it with 409).
 VERSIONS_COLLECTION = "ragserve_corpus_versions"
 
+
 class CorpusVersions:
     """The version tokens of one Milvus database's collections.
 
