@@ -100,7 +100,7 @@ def test_a_bulk_write_straight_to_milvus_retires_the_cached_answers(stack, secon
     (tmp_path / "bulk.jsonl").write_text(json.dumps(doc) + "\n", encoding="utf-8")
     cfg = stack.cfg
     embedder = Embedder(cfg.encoder)
-    store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim, COLLECTION)
+    store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim, cfg.stored_copy(COLLECTION))
     reports = ingest_paths([tmp_path / "bulk.jsonl"], store, embedder, cfg.ingest, cfg.preprocess)
     assert [r.status for r in reports] == ["added"], reports
     _both_read(stack, second, [doc["text"]])
