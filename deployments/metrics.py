@@ -50,6 +50,12 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("rag_search_hits", "histogram", "Hits returned per search.", ("mode",), tuple(SIZE_BUCKETS)),
     MetricSpec("rag_search_milvus_seconds", "histogram", "Time of one Milvus call.", ("op",),
                tuple(LATENCY_BUCKETS)),
+    # retrieval cache (in the ingress)
+    MetricSpec("rag_retrieval_cache_lookups_total", "counter", "Retrieval cache lookups by result: hit, miss (none "
+               "or an older version), bypass (no version token, or the request said Cache-Control: no-cache).",
+               ("result",)),
+    MetricSpec("rag_retrieval_cache_entries", "gauge", "Retrievals held by this ingress replica's cache."),
+    MetricSpec("rag_retrieval_cache_bytes", "gauge", "Estimated bytes held by this ingress replica's cache."),
     # generator
     MetricSpec("rag_generator_ttft_seconds", "histogram", "Time to first token.", (), tuple(LATENCY_BUCKETS)),
     MetricSpec("rag_generator_tpot_seconds", "histogram", "Mean time per output token after the first.",

@@ -6,6 +6,8 @@
     concurrency, against ``/v1/generate`` through Serve.
 (c) ``encoder_batching``: the deployed (batched) encoder vs a temporary unbatched copy
     (``max_batch_size=1``), both driven through DeploymentHandles at the same concurrency.
+(p) ``prefix_caching``: time to first token of RAG prompts on the bare engine with vLLM's prefix
+    caching off and on (one engine after the other, the same prompts).
 """
 
 from __future__ import annotations
@@ -128,3 +130,67 @@ async def _drive(handle, texts: Sequence[str], concurrency: int, n: int) -> floa
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return n / (time.perf_counter() - start)
+
+
+#: Engine variants of the prefix-caching comparison: (label, generator config changes).
+PREFIX_VARIANTS: tuple[tuple[str, dict], ...] = (
+    ("off", {"prefix_caching": False}),
+    ("on", {"prefix_caching": True}),
+    ("on, 32-token blocks", {"prefix_caching": True, "kv_block_size": 32}),
+)
+
+
+def rag_prompts(cfg: AppConfig, n: int, passages_per_prompt: int = 4) -> list[list]:
+    """``n`` RAG prompts as the app builds them (system prompt, numbered sources, question): the
+    bundled evaluation passages, each prompt its own ``passages_per_prompt`` of them, so prompts
+    share the system prompt and nothing more."""
+    import json
+    from importlib import resources
+
+    from deployments.generator.prompt import rag_messages
+    from deployments.protocol.stages import Hit
+
+    lines = (resources.files("deployments") / "data" / "eval" / "passages.en.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in lines.splitlines() if line.strip()]
+    hits = [Hit(id=r["id"], doc_id=r["id"], source=r["source"], title=r["title"], chunk_index=0, text=r["text"],
+                score=1.0) for r in rows]
+    g = cfg.generator
+    return [list(rag_messages(g.system_prompt, f"What does passage {i} say about {hits[i].title}?",
+                              hits[i * passages_per_prompt:(i + 1) * passages_per_prompt], g.passage_chars))
+            for i in range(n)]
+
+
+def prefix_caching(cfg: AppConfig, n: int = 12) -> dict[str, dict[str, float]]:
+    """TTFT p50 (ms) of ``n`` distinct RAG prompts, sent one at a time, then of the same prompts
+    again (a repeated question), per engine variant of :data:`PREFIX_VARIANTS`."""
+    return asyncio.run(_prefix_caching(cfg, rag_prompts(cfg, n)))
+
+
+async def _prefix_caching(cfg: AppConfig, prompts: list[list]) -> dict[str, dict[str, float]]:
+    from vllm import SamplingParams
+
+    from deployments.generator.deployment import WARMUP_TEXT, EngineTokens, build_engine
+    from deployments.protocol.types import ChatMessage
+
+    out: dict[str, dict[str, float]] = {}
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    for label, change in PREFIX_VARIANTS:
+        engine, _ = build_engine(cfg.generator.model_copy(update=change), ray_metrics=False)
+        tokens = EngineTokens(engine.tokenizer)
+
+        async def ttft_ms(ids: list[int], rid: str) -> float:
+            t = time.perf_counter()
+            async for _ in engine.generate({"prompt_token_ids": ids}, params, rid):
+                pass  # one token: the request's time is its time to first token
+            return (time.perf_counter() - t) * 1000
+
+        try:
+            await ttft_ms(tokens.ids([ChatMessage(role="user", content=WARMUP_TEXT)]), f"warm-{label}")
+            ids = [tokens.ids(m) for m in prompts]
+            first = [await ttft_ms(x, f"first-{label}-{i}") for i, x in enumerate(ids)]
+            again = [await ttft_ms(x, f"again-{label}-{i}") for i, x in enumerate(ids)]
+        finally:
+            engine.shutdown()
+        out[label] = {"distinct_ttft_p50_ms": percentile(first, 50), "repeated_ttft_p50_ms": percentile(again, 50),
+                      "prompt_tokens_p50": percentile([len(x) for x in ids], 50), "n": len(ids)}
+    return out

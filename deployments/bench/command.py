@@ -38,8 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait before reading metrics back (Ray exports them every ~10 s); 0 skips")
     s.add_argument("--metrics-url", action="append", help="Ray metrics endpoint(s); default: from the Ray session")
     s.add_argument("--baselines", nargs="?", const="a,b,c", default="",
-                   help="also measure baselines: a=in-process retrieval, b=bare vLLM, c=unbatched encoder "
-                   "(default all; needs the app's Ray cluster and Milvus on this machine)")
+                   help="also measure baselines: a=in-process retrieval, b=bare vLLM (streamed and collected "
+                   "generation), c=unbatched encoder (default a,b,c; they need the app's Ray cluster and Milvus on "
+                   "this machine); r=retrieval cache (retrieve_cached vs retrieve at 1 and 16); p=prefix caching on "
+                   "the bare engine (no app needed: --targets '')")
     s.add_argument("--backends", default=",".join(encoders.VARIANTS),
                    help="encoder-backends: backend/precision pairs (or backend names) to compare with torch/fp32")
     s.add_argument("--rounds", type=int, default=5, help="encoder-backends: rounds in which every backend takes a turn")
@@ -68,6 +70,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                args.max_tokens, metrics, args.settle)
     if args.baselines:
         extra["baselines"] = run_baselines(args, cfg, results)
+    if not results:
+        return 0
     paths = runner.write_report(results, Path(args.out), extra)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 1 if any(r.errors for r in results) else 0
@@ -150,7 +154,8 @@ def _step(args, target: str, concurrency: int, results: list[StepResult]) -> Ste
 
 def run_baselines(args: argparse.Namespace, cfg: AppConfig, results: list[StepResult]) -> dict:
     """(a) Serve vs in-process retrieval at c=1, (b) Serve vs bare vLLM at c=1 and c=16,
-    (c) batched vs unbatched encoder at c=32. Printed and returned for the JSON report."""
+    (c) batched vs unbatched encoder at c=32, (r) the retrieval cache's gain on repeated questions,
+    (p) prefix caching on the bare engine. Printed and returned for the JSON report."""
     questions = runner.sample_questions()
     which = set(args.baselines.split(","))
     out: dict = {}
@@ -160,6 +165,10 @@ def run_baselines(args: argparse.Namespace, cfg: AppConfig, results: list[StepRe
         out.update(_generation_baseline(args, cfg, questions, results))
     if "c" in which:
         out["c_encoder_c32"] = baselines.encoder_batching(cfg, questions, concurrency=32, n=640)
+    if "r" in which:
+        out.update(_cache_gain(args, results))
+    if "p" in which:
+        out["p_prefix_caching"] = baselines.prefix_caching(cfg)
     print("\nbaselines:\n" + json.dumps(out, indent=2))
     return out
 
@@ -173,6 +182,7 @@ def _retrieval_baseline(args, cfg: AppConfig, questions: list[str], results: lis
 
 def _generation_baseline(args, cfg: AppConfig, questions: list[str], results: list[StepResult]) -> dict:
     served = {c: _step(args, "generate", c, results) for c in GENERATION_BASELINE_CONCURRENCY}
+    collected = {c: _step(args, "generate_collected", c, results) for c in GENERATION_BASELINE_CONCURRENCY}
     bare = baselines.bare_vllm(cfg, questions, {c: max(2 * c, int(s.requests)) for c, s in served.items()},
                                max_tokens=args.max_tokens)
     out: dict = {"b_bare_engine": bare["engine"]}
@@ -182,5 +192,19 @@ def _generation_baseline(args, cfg: AppConfig, questions: list[str], results: li
             "serve_tokens_per_s": s.tokens_per_s, "bare_tokens_per_s": b["tokens_per_s"],
             "throughput_ratio": s.tokens_per_s / b["tokens_per_s"],
             "serve_ttft_p50_ms": s.ttft_p50_ms, "bare_ttft_p50_ms": b["ttft_p50_ms"],
-            "ttft_overhead_ms": s.ttft_p50_ms - b["ttft_p50_ms"]}
+            "ttft_overhead_ms": s.ttft_p50_ms - b["ttft_p50_ms"],
+            "collected_tokens_per_s": collected[c].tokens_per_s,
+            "collected_throughput_ratio": collected[c].tokens_per_s / b["tokens_per_s"]}
+    return out
+
+
+def _cache_gain(args, results: list[StepResult]) -> dict:
+    """Requests/s of ``retrieve_cached`` over ``retrieve`` (the same repeated questions, one
+    through the retrieval cache, one past it) at concurrency 1 and 16."""
+    out = {}
+    for c in GENERATION_BASELINE_CONCURRENCY:
+        fresh, cached = _step(args, "retrieve", c, results), _step(args, "retrieve_cached", c, results)
+        out[f"r_cache_c{c}"] = {"uncached_rps": fresh.throughput_rps, "cached_rps": cached.throughput_rps,
+                                "gain": cached.throughput_rps / fresh.throughput_rps,
+                                "uncached_p50_ms": fresh.p50_ms, "cached_p50_ms": cached.p50_ms}
     return out

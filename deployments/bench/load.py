@@ -20,18 +20,24 @@ import httpx
 from deployments.bench.stats import Sample
 from deployments.client import aiter_sse
 
-TARGETS = ("retrieve", "embed", "generate", "query")
+#: ``retrieve`` and ``query`` skip the retrieval cache (``Cache-Control: no-cache``), so they measure
+#: the stages; ``retrieve_cached`` asks the same questions through it (the questions repeat: after
+#: the first round every retrieval is a hit). ``generate`` streams; ``generate_collected`` is the
+#: same request not streamed (collected in the generator replica).
+TARGETS = ("retrieve", "retrieve_cached", "embed", "generate", "generate_collected", "query")
 Request = Callable[[httpx.AsyncClient, int], Awaitable[Sample]]
+NO_CACHE = {"cache-control": "no-cache"}
 
 
 def _payload(target: str, i: int, questions: Sequence[str], max_tokens: int) -> tuple[str, dict[str, Any]]:
     q = questions[i % len(questions)]
-    if target == "retrieve":
+    if target.startswith("retrieve"):
         return "/v1/retrieve", {"question": q}
     if target == "embed":
         return "/v1/embeddings", {"input": q}
-    if target == "generate":  # fixed prompts, no retrieval: the generator alone
-        return "/v1/generate", {"prompt": q, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
+    if target.startswith("generate"):  # fixed prompts, no retrieval: the generator alone
+        return "/v1/generate", {"prompt": q, "max_tokens": max_tokens, "temperature": 0.0,
+                                "stream": target == "generate"}
     return "/v1/query", {"question": q, "max_tokens": max_tokens, "stream": True}
 
 
@@ -40,25 +46,29 @@ def make_request(target: str, questions: Sequence[str], max_tokens: int = 32) ->
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
 
+    headers = NO_CACHE if target in ("retrieve", "query") else {}
+
     async def call(client: httpx.AsyncClient, i: int) -> Sample:
         route, body = _payload(target, i, questions, max_tokens)
         start = time.perf_counter()
         try:
             if not body.get("stream"):
-                r = await client.post(route, json=body)
+                r = await client.post(route, json=body, headers=headers)
                 ok = r.status_code == 200
-                return Sample(start, time.perf_counter() - start, ok, error="" if ok else str(r.status_code))
-            return await _streamed(client, route, body, start)
+                tokens = r.json().get("usage", {}).get("completion_tokens", 0) if ok else 0
+                return Sample(start, time.perf_counter() - start, ok, output_tokens=tokens,
+                              error="" if ok else str(r.status_code))
+            return await _streamed(client, route, body, start, headers)
         except httpx.HTTPError as e:
             return Sample(start, time.perf_counter() - start, False, error=type(e).__name__)
 
     return call
 
 
-async def _streamed(client: httpx.AsyncClient, route: str, body: dict, start: float) -> Sample:
+async def _streamed(client: httpx.AsyncClient, route: str, body: dict, start: float, headers: dict) -> Sample:
     ttft = None
     tokens = 0
-    async with client.stream("POST", route, json=body) as r:
+    async with client.stream("POST", route, json=body, headers=headers) as r:
         if r.status_code != 200:
             await r.aread()
             return Sample(start, time.perf_counter() - start, False, error=str(r.status_code))

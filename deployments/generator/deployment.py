@@ -27,7 +27,9 @@ from deployments.config import GeneratorConfig
 from deployments.errors import DependencyTimeoutError, DependencyUnavailableError, InvalidRequestError
 from deployments.generator import hardware, packing
 from deployments.generator.admission import PrefillQueue
-from deployments.protocol.stages import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+from deployments.protocol.stages import (
+    GenerationChunk, GenerationChunks, GenerationRequest, SamplingParams, TokenLogprob,
+)
 from deployments.protocol.types import ChatMessage
 
 
@@ -72,6 +74,8 @@ def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> tuple[Any, h
         max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager,
         max_num_seqs=cfg.max_num_seqs,
+        enable_prefix_caching=cfg.prefix_caching,
+        block_size=cfg.kv_block_size,
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
@@ -174,9 +178,18 @@ class Generator:
             packed = packing.pack_messages(req.messages, req.sampling, limit, self.tokens, req.prompt_param)
         return self.tokens.ids(packed.messages), packed
 
-    async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream the answer: a first chunk once admitted (with the packed context), text deltas
-        per choice, a chunk ending each choice, and a last ``done`` chunk with the token counts.
+    async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunks]:
+        """Stream the answer: a first message once admitted (a chunk with the packed context),
+        then, streamed, one message per engine output (each choice's delta; the ``done`` chunk
+        with the token counts comes with the last), or, with ``req.stream`` false, the whole
+        generation in one message (:meth:`GenerationChunks.collected`).
+
+        One message per engine output, not per choice: a message is a Ray object through Serve,
+        whose cost is per message, not per byte. The deltas of one choice are already merged by
+        vLLM when they come faster than this loop reads them (its ``RequestOutputCollector``),
+        so a message carries what was ready when it was read, and no timer holds back the first
+        token (Ray Serve LLM's stream batching waits an interval, 50 ms by default, first token
+        included).
 
         Raises:
             InvalidRequestError: the caller's own input does not fit the context.
@@ -191,13 +204,19 @@ class Generator:
             self._running += 1
             metrics.set_gauge("rag_generator_running_requests", self._running)
             ttft: float | None = None
+            collected: list[GenerationChunk] = []
             try:
-                yield GenerationChunk(context=packed.context)
-                async for chunk, first_s in self._stream(ids, params, req.request_id, req.sampling.logprobs):
+                yield GenerationChunks(chunks=(GenerationChunk(context=packed.context),))
+                async for chunks, first_s in self._stream(ids, params, req.request_id, req.sampling.logprobs):
                     if first_s is not None and ttft is None:
                         ttft = first_s
                         self.queue.started(len(ids), ahead, ttft)
-                    yield chunk
+                    if req.stream:
+                        yield GenerationChunks(chunks=chunks)
+                    else:
+                        collected.extend(chunks)
+                if not req.stream:
+                    yield GenerationChunks.collected(collected)
             finally:
                 if ttft is None:
                     self.queue.started(len(ids), ahead, None)
@@ -205,8 +224,8 @@ class Generator:
                 metrics.set_gauge("rag_generator_running_requests", self._running)
 
     async def _stream(self, ids: list[int], params: Any, request_id: str,
-                      logprobs: int | None) -> AsyncIterator[tuple[GenerationChunk, float | None]]:
-        """Engine outputs as chunks, each with the time to first token once it is known."""
+                      logprobs: int | None) -> AsyncIterator[tuple[tuple[GenerationChunk, ...], float | None]]:
+        """Each engine output as its chunks, with the time to first token once it is known."""
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -221,15 +240,17 @@ class Generator:
                     if first is None:
                         first = time.perf_counter()
                         metrics.observe("rag_generator_ttft_seconds", first - start)
+                    chunks = []
                     for o in out.outputs:
                         n_out += len(o.token_ids)
                         if o.text or o.finish_reason is not None:
-                            yield GenerationChunk(text=o.text, index=o.index, finish_reason=o.finish_reason,
-                                                  logprobs=token_logprobs(o, logprobs)), first - start
+                            chunks.append(GenerationChunk(text=o.text, index=o.index, finish_reason=o.finish_reason,
+                                                          logprobs=token_logprobs(o, logprobs)))
                     if out.finished:
                         self._record_done(start, first, len(ids), n_out)
-                        yield GenerationChunk(done=True, prompt_tokens=len(ids), completion_tokens=n_out), \
-                            first - start
+                        chunks.append(GenerationChunk(done=True, prompt_tokens=len(ids), completion_tokens=n_out))
+                    if chunks:
+                        yield tuple(chunks), first - start
         except TimeoutError:
             raise DependencyTimeoutError(
                 f"generation did not finish within {self.cfg.request_timeout_s}s"

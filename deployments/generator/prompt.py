@@ -15,7 +15,7 @@ would then appear to make), and chat-template control tokens or tags such as
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from deployments.protocol.stages import Hit
 
@@ -118,16 +118,18 @@ def messages_of_lines(system_prompt: str, question: str, lines: Sequence[str],
     )
 
 
-def cited_sources(answer: str, n_sources: int) -> list[int]:
+def cited_sources(answer: str, n_sources: int, shown: Collection[int] | None = None) -> list[int]:
     """Source numbers cited in ``answer`` as ``[n]`` or ``[n, m]``, in first-cited order.
 
-    Numbers outside ``1..n_sources`` are ignored: a model may invent ``[7]`` with 4 sources.
+    Numbers outside ``1..n_sources`` are ignored: a model may invent ``[7]`` with 4 sources; so
+    are those not in ``shown`` (the sources packed into the prompt, when given): a model that
+    writes ``[12]`` when only sources 1-8 fit into its context cites nothing it read.
     """
     seen: list[int] = []
     for group in _CITE.findall(answer):
         for part in group.split(","):
             n = int(part)
-            if 1 <= n <= n_sources and n not in seen:
+            if 1 <= n <= n_sources and n not in seen and (shown is None or n in shown):
                 seen.append(n)
     return seen
 

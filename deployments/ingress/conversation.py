@@ -116,7 +116,7 @@ async def _rewrite(pipeline: "Pipeline", question: str, history: tuple[ChatMessa
     req = GenerationRequest(
         messages=condense_messages(question, history, c.join_turns),
         sampling=SamplingParams(max_tokens=c.rewrite_max_tokens, temperature=0.0, top_p=1.0, stop=("\n",)),
-        request_id=f"condense-{uuid.uuid4().hex[:12]}", prompt_param="messages")
+        request_id=f"condense-{uuid.uuid4().hex[:12]}", prompt_param="messages", stream=False)
     try:
         async with asyncio.timeout(c.rewrite_timeout_s):
             _, chunks = await pipeline.start(req, who)  # the rewrite counts against the caller's limits

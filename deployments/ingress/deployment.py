@@ -35,3 +35,8 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self.pipeline)
+
+    def retrieval_cache_stats(self) -> dict[str, int] | None:
+        """This replica's retrieval cache: lookups by result, entries and bytes (None: cache off).
+        The same numbers are Ray metrics (``rag_retrieval_cache_*``); this answers at once."""
+        return self.pipeline.cache.stats() if self.pipeline.cache is not None else None

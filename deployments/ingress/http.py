@@ -150,6 +150,13 @@ def stream(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(guarded(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
+def cache_allowed(request: Request) -> bool:
+    """Whether the request lets the retrieval cache answer it: not with ``Cache-Control: no-cache``
+    (or ``no-store``), RFC 9111's way for a client to ask for a fresh answer."""
+    directives = {d.split("=", 1)[0].strip().lower() for d in request.headers.get("cache-control", "").split(",")}
+    return not directives & {"no-cache", "no-store"}
+
+
 def request_id(request: Request) -> str:
     """The request's id (set by :class:`IngressMiddleware`)."""
     return request.scope.get("state", {}).get("request_id", "")

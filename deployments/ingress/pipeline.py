@@ -20,13 +20,14 @@ from deployments.generator import prompt
 from deployments.ingress import http
 from deployments.ingress.access import Access
 from deployments.ingress.auth import OPEN, Principal
+from deployments.ingress.cache import RetrievalCache
 from deployments.preprocess import text as analysis
 from deployments.protocol.api import RetrievalFields, SamplingFields, SearchQuery, StageReadiness
 from deployments.protocol.stages import (
     Embeddings, GenerationChunk, GenerationRequest, Hit, PackedContext, PreparedQuery, QueryVector, RagPrompt,
     SamplingParams, SearchRequest, SearchResult,
 )
-from deployments.protocol.types import ENCODER_SEP, ChatMessage, encoder_tag, split_encoded
+from deployments.protocol.types import ENCODER_SEP, ChatMessage, encoded_collection, encoder_tag, split_encoded
 from deployments.search import precision
 
 READY_TIMEOUT_S = 5.0
@@ -112,6 +113,7 @@ class Pipeline:
         self.registry = registry
         self.access = access or Access(cfg.auth)
         self.timeout = cfg.ingress.request_timeout_s
+        self.cache = RetrievalCache(cfg) if cfg.search.cache.enabled else None
         #: The configured encoder's tag: whose copy of a collection this replica deletes from and
         #: lists (writes and searches follow the encoder replica that embedded them).
         self.encoder_tag = encoder_tag(cfg.encoder.model)
@@ -149,14 +151,42 @@ class Pipeline:
         return who.collection(name or self.cfg.search.milvus.collection)
 
     async def retrieve(self, question: str, where: RetrievalFields, history: tuple[ChatMessage, ...] = (),
-                       who: Principal = OPEN) -> Retrieval:
+                       who: Principal = OPEN, cached: bool = True) -> Retrieval:
         """Retrieve for ``question`` what ``who`` may read; after earlier turns (``history``), for
-        the search query the conversation makes of it (``deployments.ingress.conversation``)."""
+        the search query the conversation makes of it (``deployments.ingress.conversation``).
+        ``cached`` false: not from the retrieval cache, nor into it (``Cache-Control: no-cache``)."""
         from deployments.ingress import conversation
 
         query = await conversation.search_query(self, question, history, where.condense, who)
-        prepared, result = await self._search(query.text, where, who)
+        prepared, result = await self._cached_search(query.text, where, who, cached)
         return Retrieval(prepared, result, query)
+
+    async def _cached_search(self, text: str, where: RetrievalFields, who: Principal,
+                             cached: bool) -> tuple[PreparedQuery, SearchResult]:
+        """:meth:`_search` through the retrieval cache (``cache.py``). The version token is read
+        first and the stages run only after it (a retrieval stored under a token must have
+        started after that token's write). An over-long question is not looked up: preprocess
+        refuses it.
+
+        Entries and tokens are those of this replica's encoder's copy of the collection (the copy
+        its questions are searched in), and only a retrieval that copy answered is kept: while a
+        rollout switches encoders, a vector may come from another encoder and be searched in
+        its copy, and that result must never be served as this encoder's."""
+        pcfg, cache = self.cfg.preprocess, self.cache
+        if cache is None or not cached or len(text) > pcfg.max_query_chars:
+            if cache is not None:
+                cache.skipped()
+            return await self._search(text, where, who)
+        copy = encoded_collection(self.collection(who, where.collection), self.encoder_tag)
+        key = cache.key(analysis.normalize(text, pcfg.unicode_form), copy, who.groups, where.filter,
+                        where.mode or self.cfg.search.mode, where.top_k or self.cfg.search.top_k)
+        token = await cache.token(copy)
+        if (hit := cache.get(key, token)) is not None:
+            return hit.prepared, hit.result
+        prepared, result = await self._search(text, where, who)
+        if token is not None and encoder_tag(result.encoder) == self.encoder_tag:
+            cache.put(key, token, prepared, result)
+        return prepared, result
 
     async def _search(self, text: str, where: RetrievalFields,
                       who: Principal) -> tuple[PreparedQuery, SearchResult]:
@@ -238,10 +268,11 @@ class Pipeline:
             top_p=d.top_p if top_p is None else top_p, stop=stop, seed=seed, **extra)
 
     async def _generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream from the generator under two deadlines: its first chunk, sent when a replica
+        """The generator's chunks, under two deadlines: its first message, sent when a replica
         admits the request, within ``accept_timeout_s`` (else 503: no replica took it, or Serve's
         queue is full), every later one within ``request_timeout_s`` (else 504; the generator
-        enforces its own first)."""
+        enforces its own first). A message carries several chunks (``GenerationChunks``): a
+        non-streamed request's whole generation is one."""
         g = self.cfg.generator
         stream = self.handles["generator"].options(stream=True).generate.remote(req)
         first = True
@@ -250,7 +281,7 @@ class Pipeline:
                 deadline = g.accept_timeout_s if first else g.request_timeout_s + 5
                 try:
                     async with asyncio.timeout(deadline):
-                        chunk = await stream.__anext__()
+                        message = await stream.__anext__()
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
@@ -262,7 +293,8 @@ class Pipeline:
                 except Exception as exc:  # the stream itself failed (or Serve refused it): nothing to cancel
                     raise http.as_ragserve_error(exc) from None
                 first = False
-                yield chunk
+                for chunk in message.chunks:
+                    yield chunk
         except (GeneratorExit, asyncio.CancelledError):
             # The client went away: its task was cancelled while waiting for a chunk, or this
             # generator was closed between chunks. Serve does not pass that on to the generator

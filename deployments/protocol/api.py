@@ -136,7 +136,8 @@ class QueryResponse(BaseModel):
     id: str
     answer: str
     sources: list[Source]
-    cited: list[int] = Field(description="Source numbers the model cited as [n] (validated against the sources).")
+    cited: list[int] = Field(description="Source numbers the model cited as [n], of the sources in its prompt "
+                             "(`context.sources`).")
     grounded_in: list[int] = Field(
         description="Source numbers the answer's sentences are drawn from, by lexical overlap (see generator.prompt)."
     )

@@ -250,7 +250,7 @@ class ChatCompletion(RagExtras):
     choices: list[ChatChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
-    cited: list[int] = Field(default_factory=list, description="ragserve: sources cited as [n] (first choice).")
+    cited: list[int] = Field(default_factory=list, description="ragserve: sources cited as [n] (first choice), of those in the prompt.")
 
 
 class ChunkDelta(BaseModel):

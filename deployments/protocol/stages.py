@@ -6,6 +6,7 @@ rerank and generator deployments and gets these back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -138,6 +139,9 @@ class GenerationRequest(Message):
     request_id: str
     #: The public field that holds the user's own prompt text, named when it alone does not fit.
     prompt_param: str = "messages"
+    stream: bool = Field(
+        True, description="Send the text as the engine makes it; False: the generator replica collects the "
+        "whole generation and sends it in one message (a non-streamed response needs nothing sooner).")
 
 
 class PackedContext(Message):
@@ -176,3 +180,33 @@ class GenerationChunk(Message):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     context: PackedContext | None = None
+
+
+class GenerationChunks(Message):
+    """One message of the generator's stream: the chunks that were ready when it was sent.
+
+    Streamed, that is what one engine output holds (every choice's delta, and the ``done`` chunk
+    with the last one; vLLM merges the deltas a request's reader has not taken yet); collected
+    (``GenerationRequest.stream`` false), the whole generation, one chunk per choice then ``done``.
+    """
+
+    chunks: tuple[GenerationChunk, ...]
+
+    @classmethod
+    def collected(cls, chunks: Iterable[GenerationChunk]) -> "GenerationChunks":
+        """A whole generation as one message: per choice (in index order) its text and log
+        probabilities joined and its finish reason, then the ``done`` chunk, if there was one."""
+        texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[TokenLogprob]] = {}
+        finish: dict[int, str | None] = {}
+        done: list[GenerationChunk] = []
+        for c in chunks:
+            if c.done:
+                done.append(c)
+                continue
+            texts.setdefault(c.index, []).append(c.text)
+            logprobs.setdefault(c.index, []).extend(c.logprobs)
+            finish[c.index] = c.finish_reason or finish.get(c.index)
+        merged = [GenerationChunk(text="".join(texts[i]), index=i, finish_reason=finish[i], logprobs=tuple(logprobs[i]))
+                  for i in sorted(texts)]
+        return cls(chunks=(*merged, *done[-1:]))

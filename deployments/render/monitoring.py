@@ -260,6 +260,15 @@ def _extra_panels() -> dict[str, list[dict[str, Any]]]:
             _panel("search: hits per query", "short", _quantiles("rag_search_hits", "mode", qs=(0.5,))),
             _panel("search: Milvus call latency", "s",
                    _quantiles("rag_search_milvus_seconds", "op", qs=(0.5, 0.99)))],
+        "retrieval cache": [
+            _panel("retrieval cache: lookups by result", "reqps",
+                   [(rate_sum(series("rag_retrieval_cache_lookups_total"), "result", None, w), "{{result}}")]),
+            _panel("retrieval cache: hit share", "percentunit",
+                   [(f"{rate_sum(series('rag_retrieval_cache_lookups_total'), 'application', {'result': 'hit'}, w)}"
+                     f" / {rate_sum(series('rag_retrieval_cache_lookups_total'), 'application', None, w)}", "hits")]),
+            _panel("retrieval cache: size", "short",
+                   [(f"sum({series('rag_retrieval_cache_entries')})", "entries"),
+                    (f"sum({series('rag_retrieval_cache_bytes')}) / 1e6", "MB")])],
         "generator": [
             _panel("generator: time to first token", "s",
                    [*_quantiles("rag_generator_ttft_seconds", "application", qs=(0.5, 0.99),

@@ -26,6 +26,7 @@ from deployments.errors import (
 from deployments.protocol.stages import Hit
 from deployments.protocol.types import Filter, split_encoded
 from deployments.search.filters import LIVE, compile_filter, quote
+from deployments.search.versions import CorpusVersions
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class ChunkStore:
         self.name = name or cfg.milvus.collection
         self.timeout = cfg.milvus.timeout_s
         self.dim = dim
+        self.versions = CorpusVersions(client, self.timeout)
         #: The tag of the encoder that embedded this copy, as recorded on it (None: not recorded, a
         #: collection made before copies were tagged); read by ensure_collection.
         self.encoder_tag: str | None = None
@@ -204,6 +206,7 @@ class ChunkStore:
         with milvus_errors("drop collection", self.timeout):
             if not self.client.has_collection(self.name, timeout=self.timeout):
                 return False
+            self.versions.invalidate(self.name)
             self.client.drop_collection(self.name, timeout=self.timeout)
         return True
 
@@ -235,7 +238,8 @@ class ChunkStore:
         request's rows at one timestamp, so a search sees the old version or the new one, never
         a mix and never neither (tested in tests/integration/test_documents.py). The tombstones
         are then deleted; if that is interrupted, they stay hidden and the next write of the
-        document (or :meth:`purge_tombstones`) removes them.
+        document (or :meth:`purge_tombstones`) removes them. The collection's version token is
+        forgotten before the write and replaced after it (``versions.py``: the retrieval cache).
         """
         self.replace_documents([(doc_id, rows, old_ids)])
 
@@ -250,9 +254,11 @@ class ChunkStore:
             batch += [*rows, *(self._tombstone(i, doc_id, now) for i in sorted(set(old_ids) - new_ids))]
         ids = ", ".join(quote(d) for d, _, _ in docs)
         with milvus_errors("upsert", self.timeout):
+            self.versions.invalidate(self.name)
             self.client.upsert(self.name, batch, timeout=self.timeout)
             self.client.delete(self.name, filter=f"doc_id in [{ids}] and live == false", timeout=self.timeout)
             self.client.flush(self.name, timeout=self.timeout)
+            self.versions.bump(self.name)
 
     def _tombstone(self, chunk_id: str, doc_id: str, now: int) -> dict[str, Any]:
         return {"id": chunk_id, "doc_id": doc_id, "source": "", "title": "", "chunk_index": -1, "content_hash": "",
@@ -265,8 +271,10 @@ class ChunkStore:
             n = len(self.client.query(self.name, filter=f"doc_id == {quote(doc_id)}", output_fields=["id"],
                                       timeout=self.timeout))
             if n:
+                self.versions.invalidate(self.name)
                 self.client.delete(self.name, filter=f"doc_id == {quote(doc_id)}", timeout=self.timeout)
                 self.client.flush(self.name, timeout=self.timeout)
+                self.versions.bump(self.name)
         return n
 
     def purge_tombstones(self) -> None:
@@ -298,19 +306,16 @@ class ChunkStore:
         if mode == "hybrid" and not lexical.strip():
             mode = "dense"
         expr = compile_filter(flt, acl)
+        common = {"output_fields": OUTPUT_FIELDS, "timeout": self.timeout, **self._consistency()}
         with milvus_errors("search", self.timeout):
             if mode == "dense":
-                res = self.client.search(
-                    self.name, data=[list(vector)], anns_field="dense", limit=top_k, filter=expr,
-                    search_params=self._dense_params(top_k), output_fields=OUTPUT_FIELDS, timeout=self.timeout,
-                )
+                res = self.client.search(self.name, data=[list(vector)], anns_field="dense", limit=top_k, filter=expr,
+                                         search_params=self._dense_params(top_k), **common)
             elif mode == "lexical":
-                res = self.client.search(
-                    self.name, data=[lexical], anns_field="sparse", limit=top_k, filter=expr,
-                    search_params={"metric_type": "BM25"}, output_fields=OUTPUT_FIELDS, timeout=self.timeout,
-                )
+                res = self.client.search(self.name, data=[lexical], anns_field="sparse", limit=top_k, filter=expr,
+                                         search_params={"metric_type": "BM25"}, **common)
             else:
-                res = self._hybrid(vector, lexical, top_k, expr)
+                res = self._hybrid(vector, lexical, top_k, expr, common)
         # BM25 scores are >= 0 and higher is better; milvus-lite reports them negated as distances
         # (best first, most negative), Milvus as they are: abs() gives the score either way.
         score = abs if mode == "lexical" else float
@@ -322,7 +327,13 @@ class ChunkStore:
                   "IVF_FLAT": {"nprobe": self.cfg.ivf_nprobe}}.get(self.cfg.index_type, {})
         return {"metric_type": "IP", "params": params}
 
-    def _hybrid(self, vector: Sequence[float], lexical: str, top_k: int, expr: str) -> Any:
+    def _consistency(self) -> dict[str, str]:
+        """Strong reads while the retrieval cache is on: a result the ingress caches under a
+        version token must include every write made before that token (a Milvus cluster's
+        default, Bounded, may lag writes by seconds; milvus-lite has one node)."""
+        return {"consistency_level": "Strong"} if self.cfg.cache.enabled else {}
+
+    def _hybrid(self, vector: Sequence[float], lexical: str, top_k: int, expr: str, common: dict[str, Any]) -> Any:
         from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
         n = max(self.cfg.candidates, top_k)
@@ -334,9 +345,7 @@ class ChunkStore:
             ranker = RRFRanker(self.cfg.rrf_k)
         else:
             ranker = WeightedRanker(self.cfg.dense_weight, 1 - self.cfg.dense_weight)
-        return self.client.hybrid_search(
-            self.name, reqs, ranker, limit=top_k, output_fields=OUTPUT_FIELDS, timeout=self.timeout
-        )
+        return self.client.hybrid_search(self.name, reqs, ranker, limit=top_k, **common)
 
 
 def list_collections(client: Any, timeout: float) -> list[dict[str, Any]]:

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 def test_bench_every_target_and_reports(stack, tmp_path) -> None:
     metrics = runner.metrics_urls()
     assert metrics, "Ray reports no metrics endpoint"
-    results = runner.run_steps(stack.url, ["retrieve", "embed", "generate"], "closed", [1, 2], duration_s=2,
-                               max_requests=8, max_tokens=8)
+    results = runner.run_steps(stack.url, ["retrieve", "retrieve_cached", "embed", "generate", "generate_collected"],
+                               "closed", [1, 2], duration_s=2, max_requests=8, max_tokens=8)
     results += runner.run_steps(stack.url, ["retrieve"], "open", [4], duration_s=2, max_requests=8)
     # One step reads the per-stage breakdown back from Ray's metrics (exported every few seconds).
     results += runner.run_steps(stack.url, ["query"], "closed", [2], duration_s=3, max_requests=6, max_tokens=8,
@@ -27,6 +27,8 @@ def test_bench_every_target_and_reports(stack, tmp_path) -> None:
         assert r.p50_ms > 0 and r.throughput_rps > 0
     gen = [r for r in results if r.target in ("generate", "query")]
     assert all(r.ttft_p50_ms > 0 and r.tokens_per_s > 0 for r in gen)
+    # Not streamed: no time to first token, the tokens counted from the response's usage.
+    assert all(r.tokens_per_s > 0 for r in results if r.target == "generate_collected")
     query = results[-1]
     assert set(query.stages_ms) >= {"preprocess", "encoder", "search", "generator"}, query.stages_ms
     assert query.bottleneck == "generator"  # 8 tokens of generation outweigh a ~10 ms retrieval

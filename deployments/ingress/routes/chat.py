@@ -66,11 +66,12 @@ def router(p: Pipeline) -> APIRouter:
             question, history = messages[-1].content, tuple(messages[:-1])
             where = RetrievalFields(top_k=body.top_k, mode=body.mode, collection=body.collection,
                                     filter=body.filter, condense=body.condense)
-            got = await p.retrieve(question, where, history, who)
+            got = await p.retrieve(question, where, history, who, http.cache_allowed(request))
             gen = GenerationRequest(rag=p.rag_prompt(question, got.result.hits, history), sampling=sampling,
-                                    request_id=rid, prompt_param="messages")
+                                    request_id=rid, prompt_param="messages", stream=bool(body.stream))
         else:
-            gen = GenerationRequest(messages=tuple(messages), sampling=sampling, request_id=rid)
+            gen = GenerationRequest(messages=tuple(messages), sampling=sampling, request_id=rid,
+                                    stream=bool(body.stream))
         context, chunks = await p.start(gen, who)
         head = _Head(rid, int(time.time()), model, got, context)
         if body.stream:
@@ -97,7 +98,8 @@ def _completion(h: _Head, out: Collected, n: int, logprobs: bool) -> ChatComplet
                for i in range(n)]
     return ChatCompletion(
         id=h.rid, created=h.created, model=h.model, choices=choices, sources=h.sources, context=h.context,
-        search_query=h.search_query, cited=prompt.cited_sources(out.text(0), len(h.sources)),
+        search_query=h.search_query,
+        cited=prompt.cited_sources(out.text(0), len(h.sources), h.context and h.context.sources),
         usage=UsageInfo(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
                         total_tokens=out.prompt_tokens + out.completion_tokens))
 

@@ -36,8 +36,8 @@ def router(p: Pipeline) -> APIRouter:
         sampling = p.sampling_of(body.max_tokens, body.temperature, body.top_p, oa.stop_strings(body.stop),
                                  body.seed, logprobs=body.logprobs, **oa.common_sampling(body))
         rid = f"cmpl-{http.request_id(request)}"
-        gens = [GenerationRequest(text=text, sampling=sampling, request_id=f"{rid}-{i}", prompt_param="prompt")
-                for i, text in enumerate(prompts)]
+        gens = [GenerationRequest(text=text, sampling=sampling, request_id=f"{rid}-{i}", prompt_param="prompt",
+                                  stream=bool(body.stream)) for i, text in enumerate(prompts)]
         streams = [chunks for _, chunks in await asyncio.gather(*(p.start(g, who) for g in gens))]
         head = {"id": rid, "created": int(time.time()), "model": model}
         echo = bool(body.echo)

@@ -41,7 +41,7 @@ def router(p: Pipeline) -> APIRouter:
     async def retrieve(request: Request, who: Principal = p.access.requires("query")) -> RetrieveResponse:
         """Preprocess + encode + search: the passages a question would be answered from."""
         body = await http.read_json(request, RetrieveRequest, max_body)
-        got = await p.retrieve(body.question, body, tuple(body.history or ()), who)
+        got = await p.retrieve(body.question, body, tuple(body.history or ()), who, http.cache_allowed(request))
         return RetrieveResponse(sources=Source.numbered(got.result.hits), mode=got.result.mode,
                                 query_tokens=list(got.prepared.tokens), search_query=got.search_query,
                                 encoder=got.result.encoder)
@@ -56,11 +56,12 @@ def router(p: Pipeline) -> APIRouter:
         body = await http.read_json(request, QueryRequest, max_body)
         sampling = p.sampling(body)
         history = tuple(body.history or ())
-        got = await p.retrieve(body.question, body, history, who)
+        got = await p.retrieve(body.question, body, history, who, http.cache_allowed(request))
         # The caller's own text that can overflow the context: a question is capped by preprocess
         # (max_query_chars) to fit, so with earlier turns it is the history that does not.
         gen = GenerationRequest(rag=p.rag_prompt(body.question, got.result.hits, history), sampling=sampling,
-                                request_id=http.request_id(request), prompt_param="history" if history else "question")
+                                request_id=http.request_id(request), prompt_param="history" if history else "question",
+                                stream=body.stream)
         context, chunks = await p.start(gen, who)
         if body.stream:
             return http.stream(_query_events(p, gen.request_id, got, context, chunks))
@@ -68,7 +69,8 @@ def router(p: Pipeline) -> APIRouter:
         answer = out.text()
         return QueryResponse(
             id=gen.request_id, answer=answer, sources=Source.numbered(got.result.hits), context=context,
-            cited=prompt.cited_sources(answer, len(got.result.hits)), grounded_in=p.grounding(answer, got.result.hits),
+            cited=prompt.cited_sources(answer, len(got.result.hits), context and context.sources),
+            grounded_in=p.grounding(answer, got.result.hits),
             finish_reason=out.finish.get(0), usage=Usage.of(out.prompt_tokens, out.completion_tokens),
             search_query=got.search_query, encoder=got.result.encoder)
 
@@ -83,7 +85,7 @@ def router(p: Pipeline) -> APIRouter:
         messages = ([ChatMessage(role="system", content=body.system)] if body.system else []) + [
             ChatMessage(role="user", content=body.prompt)]
         gen = GenerationRequest(messages=tuple(messages), sampling=p.sampling(body),
-                                request_id=http.request_id(request), prompt_param="prompt")
+                                request_id=http.request_id(request), prompt_param="prompt", stream=body.stream)
         _, chunks = await p.start(gen, who)
         if body.stream:
             return http.stream(_generate_events(chunks))
@@ -110,7 +112,8 @@ async def _query_events(p: Pipeline, request_id: str, got: Retrieval, context: P
             answer = "".join(parts)
             yield http.sse(QueryDoneEvent(
                 finish_reason=finish, usage=Usage.of(chunk.prompt_tokens, chunk.completion_tokens),
-                cited=prompt.cited_sources(answer, len(hits)), grounded_in=p.grounding(answer, hits)), event="done")
+                cited=prompt.cited_sources(answer, len(hits), context and context.sources),
+                grounded_in=p.grounding(answer, hits)), event="done")
 
 
 async def _generate_events(chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[str]:

@@ -113,6 +113,12 @@ def test_cited_sources(answer: str, expected: list[int]) -> None:
     assert cited_sources(answer, n_sources=4) == expected
 
 
+def test_a_source_left_out_of_the_prompt_is_not_cited() -> None:
+    """Sources 3 and 4 were retrieved but did not fit into the context: the model never read them."""
+    assert cited_sources("A [1]. B [4]. C [2, 3].", n_sources=4, shown=(1, 2)) == [1, 2]
+    assert cited_sources("A [1].", n_sources=4, shown=()) == []
+
+
 # --------------------------------------------------------------------------- grounding
 SOURCES = [
     hit("Pandas live in the mountains of Sichuan and eat bamboo.", n=1),

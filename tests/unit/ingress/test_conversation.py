@@ -10,7 +10,7 @@ from deployments.config import parse_app_config
 from deployments.errors import OverloadedError
 from deployments.ingress import conversation
 from deployments.ingress.pipeline import Pipeline
-from deployments.protocol.stages import GenerationChunk, GenerationRequest
+from deployments.protocol.stages import GenerationChunk, GenerationChunks, GenerationRequest
 from deployments.protocol.types import ChatMessage
 
 HISTORY = (ChatMessage(role="user", content="What does E-4471 mean on the HX-420?"),
@@ -21,12 +21,12 @@ class Stream:
     def __init__(self, chunks: list[GenerationChunk], fail: Exception | None = None) -> None:
         self.chunks, self.fail = list(chunks), fail
 
-    async def __anext__(self) -> GenerationChunk:
+    async def __anext__(self) -> GenerationChunks:
         if self.fail is not None:
             raise self.fail
         if not self.chunks:
             raise StopAsyncIteration
-        return self.chunks.pop(0)
+        return GenerationChunks(chunks=(self.chunks.pop(0),))
 
     def cancel(self) -> None:
         pass
@@ -77,6 +77,7 @@ def test_rewrite_is_used_when_usable() -> None:
     prompt = gen.requests[0].messages[-1].content
     assert "HX-420" in prompt and prompt.endswith("Last question: And on the HX-430?\nStandalone question:")
     assert gen.requests[0].sampling.temperature == 0.0
+    assert gen.requests[0].stream is False  # collected in the generator replica: one message back
 
 
 @pytest.mark.parametrize("text", ["", "   ", "x" * 500, "What is the 2021 safety policy?"])

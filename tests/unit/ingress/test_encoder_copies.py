@@ -61,3 +61,56 @@ def test_a_copys_own_name_is_not_a_collection_name() -> None:
         p.collection(OPEN, f"kb__enc_{TAG}", param="name")
     assert err.value.param == "name"
     assert p.collection(OPEN, "kb__enc_notatag") == "kb__enc_notatag"
+
+
+class Tokens:
+    """Version tokens by copy name (what the search stage's ``ChunkStore`` bumps)."""
+
+    def __init__(self, **tokens: str) -> None:
+        self.tokens, self.read_for = tokens, []
+
+    def read(self, collection: str) -> str | None:
+        self.read_for.append(collection)
+        return self.tokens.get(collection)
+
+
+def cached_pipeline(vector: QueryVector, tokens: Tokens, model: str = f"tuned:encoder-{TAG}") -> tuple[Pipeline, Call]:
+    from deployments.ingress.cache import RetrievalCache
+
+    p, search = pipeline(vector)
+    p.cfg = parse_app_config({"encoder": {"model": model}})
+    p.encoder_tag = TAG if model.startswith("tuned:") else ""
+    p.cache = RetrievalCache(p.cfg, tokens)
+    return p, search
+
+
+def ask_twice(p: Pipeline) -> None:
+    for _ in range(2):
+        asyncio.run(p.retrieve("Which pump?", RetrieveRequest(question="Which pump?", collection="kb")))
+
+
+def test_the_cache_keys_entries_and_tokens_by_the_live_encoders_copy() -> None:
+    tokens = Tokens(**{f"kb__enc_{TAG}": "t1"})
+    p, search = cached_pipeline(QueryVector(values=(0.1,), model=f"tuned:encoder-{TAG}", encoder=TAG), tokens)
+    ask_twice(p)
+    assert tokens.read_for == [f"kb__enc_{TAG}"] * 2
+    assert (len(search.args), p.cache.stats()["hit"]) == (1, 1)
+    assert next(iter(p.cache.entries))[1] == f"kb__enc_{TAG}"
+    # The stored collection's own token (the untuned encoder's copy) says nothing about this copy.
+    tokens.tokens = {"kb": "t1"}
+    ask_twice(p)
+    assert (len(search.args), p.cache.stats()["hit"]) == (3, 1)
+
+
+@pytest.mark.parametrize("model, answered_by", [(f"tuned:encoder-{TAG}", ("bundled:all-MiniLM-L6-v2", "")),
+                                                ("bundled:all-MiniLM-L6-v2", (f"tuned:encoder-{TAG}", TAG))])
+def test_a_retrieval_another_encoder_answered_is_never_cached(model: str, answered_by: tuple[str, str]) -> None:
+    """During a rollout an encoder replica of the other model may embed the question (its copy is
+    searched): that result is returned, but never kept as this ingress's encoder's."""
+    tokens = Tokens(**{f"kb__enc_{TAG}": "t1", "kb": "t0"})
+    p, search = cached_pipeline(QueryVector(values=(0.1,), model=answered_by[0], encoder=answered_by[1]), tokens,
+                                model=model)
+    ask_twice(p)
+    assert len(search.args) == 2
+    assert [req.encoder for (req,) in search.args] == [answered_by[1]] * 2
+    assert (p.cache.stats()["entries"], p.cache.stats()["hit"]) == (0, 0)

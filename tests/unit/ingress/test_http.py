@@ -24,6 +24,7 @@ from starlette.requests import Request
 from deployments.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from deployments.ingress.http import (
     as_ragserve_error,
+    cache_allowed,
     error_response,
     read_json,
     request_id_of,
@@ -199,3 +200,11 @@ def test_read_json_invalid_body_is_400() -> None:
         asyncio.run(read_json(req, QueryRequest, max_bytes=1000))
     assert (info.value.status, info.value.param) == (400, "x")
     assert not isinstance(info.value, PayloadTooLargeError)
+
+
+@pytest.mark.parametrize(("header", "allowed"), [
+    (None, True), (b"max-age=0", True), (b"no-cache", False), (b"No-Cache", False), (b"max-age=0, no-store", False),
+    (b'no-cache="set-cookie"', False)])
+def test_cache_control_no_cache_skips_the_retrieval_cache(header: bytes | None, allowed: bool) -> None:
+    headers = [(b"cache-control", header)] if header is not None else []
+    assert cache_allowed(Request({"type": "http", "headers": headers})) is allowed

@@ -16,7 +16,7 @@ from deployments.config import parse_app_config
 from deployments.errors import OverloadedError
 from deployments.ingress.pipeline import Pipeline
 from deployments.protocol.stages import (
-    GenerationChunk, GenerationRequest, Hit, PackedContext, PreparedQuery, SamplingParams,
+    GenerationChunk, GenerationChunks, GenerationRequest, Hit, PackedContext, PreparedQuery, SamplingParams,
 )
 from deployments.protocol.types import ChatMessage
 
@@ -25,17 +25,18 @@ REQ = GenerationRequest(messages=(ChatMessage(role="user", content="hi"),),
 
 
 class FakeStream:
-    """Yields ``chunks``; with ``hang`` it never yields its first chunk (no replica took it)."""
+    """Yields ``chunks``, one message each; with ``hang`` it never yields its first message (no
+    replica took it)."""
 
     def __init__(self, chunks: list[GenerationChunk], hang: bool = False) -> None:
         self.chunks, self.hang, self.cancelled = list(chunks), hang, False
 
-    async def __anext__(self) -> GenerationChunk:
+    async def __anext__(self) -> GenerationChunks:
         if self.hang:
             await asyncio.sleep(3600)
         if not self.chunks:
             raise StopAsyncIteration
-        return self.chunks.pop(0)
+        return GenerationChunks(chunks=(self.chunks.pop(0),))
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -92,6 +93,26 @@ def test_started_returns_the_admission_context_then_the_text() -> None:
     assert asyncio.run(main()) == (ctx, ["a", "b", ""])
 
 
+def test_a_message_of_several_chunks_is_read_chunk_by_chunk() -> None:
+    """A collected generation (or an engine output of several choices) is one message."""
+    whole = GenerationChunks.collected([GenerationChunk(text="ab"), GenerationChunk(text="c", finish_reason="stop"),
+                                        GenerationChunk(done=True, prompt_tokens=3, completion_tokens=2)])
+    messages = [GenerationChunks(chunks=(GenerationChunk(),)), whole]
+
+    class Messages(FakeStream):
+        async def __anext__(self) -> GenerationChunks:
+            if not messages:
+                raise StopAsyncIteration
+            return messages.pop(0)
+
+    async def main():
+        _, rest = await ingress(Messages([])).start(REQ)
+        return await Pipeline.collect(rest)
+
+    out = asyncio.run(main())
+    assert (out.text(), out.finish[0], out.prompt_tokens, out.completion_tokens) == ("abc", "stop", 3, 2)
+
+
 def test_empty_stream_ends_cleanly() -> None:
     async def main() -> tuple[PackedContext | None, list[str]]:
         context, rest = await ingress(FakeStream([])).start(REQ)
@@ -103,7 +124,7 @@ def test_empty_stream_ends_cleanly() -> None:
 class FailingStream(FakeStream):
     """A stream that fails on its first chunk; cancelling it raises (as a stream already over may)."""
 
-    async def __anext__(self) -> GenerationChunk:
+    async def __anext__(self) -> GenerationChunks:
         from ray.serve.exceptions import BackPressureError
 
         raise BackPressureError(num_queued_requests=4, max_queued_requests=4)

@@ -19,7 +19,7 @@ from deployments.protocol.api import CollectionRequest, DocumentIn, DocumentsReq
 
 from deployments.protocol.openai import ChatCompletionRequest, EmbeddingsRequest
 
-from deployments.protocol.stages import Hit, PreparedQuery, SamplingParams
+from deployments.protocol.stages import GenerationChunk, GenerationChunks, Hit, PreparedQuery, SamplingParams, TokenLogprob
 
 from deployments.protocol.types import COLLECTION_PATTERN, DOC_ID_PATTERN, Filter
 
@@ -306,3 +306,24 @@ def test_retrieval_requests_carry_a_typed_filter(model: type[BaseModel], how: st
         with pytest.raises(ValidationError) as exc:
             _validate(model, {**VALID[model], "filter": bad}, how)
         assert _loc(exc.value) == loc, bad
+
+
+def test_a_collected_generation_is_one_chunk_per_choice_then_done() -> None:
+    """What a non-streamed generation sends in its one message: each choice's deltas joined (text
+    and log probabilities in order, its finish reason), by choice index, then the token counts."""
+    lp = [TokenLogprob(token=t, logprob=-float(i)) for i, t in enumerate("abc")]
+    deltas = [GenerationChunk(text="Hel", index=1, logprobs=(lp[0],)), GenerationChunk(text="x", index=0),
+              GenerationChunk(text="lo", index=1, logprobs=(lp[1], lp[2])),
+              GenerationChunk(text="", index=1, finish_reason="length"),
+              GenerationChunk(text="y", index=0, finish_reason="stop"),
+              GenerationChunk(done=True, prompt_tokens=7, completion_tokens=5)]
+    got = GenerationChunks.collected(deltas).chunks
+    assert [(c.index, c.text, c.finish_reason, c.done) for c in got] == [
+        (0, "xy", "stop", False), (1, "Hello", "length", False), (0, "", None, True)]
+    assert got[1].logprobs == tuple(lp) and got[0].logprobs == ()
+    assert (got[2].prompt_tokens, got[2].completion_tokens) == (7, 5)
+
+
+def test_a_collected_generation_without_its_end_has_no_done_chunk() -> None:
+    got = GenerationChunks.collected([GenerationChunk(text="a"), GenerationChunk(text="b")]).chunks
+    assert [(c.text, c.done) for c in got] == [("ab", False)]

@@ -12,6 +12,7 @@ from deployments.config import MilvusConfig, SearchConfig
 from deployments.errors import NotFoundError
 from deployments.search import deployment
 from deployments.search.store import REQUIRED_FIELDS
+from deployments.search.versions import VERSIONS_COLLECTION
 
 
 class FakeMilvus:
@@ -63,7 +64,8 @@ def test_default_collection_reads_empty_then_is_created_by_the_first_write(searc
     assert fake.created == []  # reading created nothing (the vector size is not known yet)
     rows = [{"id": "c0", "doc_id": "doc-1", "dense": [0.1, 0.2, 0.3]}]
     asyncio.run(s.replace_document(None, "doc-1", rows, []))
-    assert fake.created == ["main"] and fake.upserts == [("main", 1)]
+    # The document, then the collection's new version token (the retrieval cache's, versions.py).
+    assert fake.created == ["main"] and fake.upserts == [("main", 1), (VERSIONS_COLLECTION, 1)]
 
 
 def test_other_collections_must_exist(searcher) -> None:

@@ -26,6 +26,7 @@ from deployments.config import SearchConfig
 from deployments.protocol.types import Filter, epoch_seconds
 from deployments.search.filters import LIVE, compile_filter, like_prefix, quote
 from deployments.search.store import ChunkStore
+from deployments.search.versions import VERSIONS_COLLECTION
 
 Token = tuple[str, Any]  # ("id" | "str" | "int" | "op", value)
 Cond = tuple[Token, ...]
@@ -494,6 +495,17 @@ def _row(cid: str, doc_id: str) -> dict[str, Any]:
     return {"id": cid, "doc_id": doc_id, "live": True, "text": f"text of {cid}"}
 
 
+def _chunk_calls(client: FakeClient) -> list[tuple[str, tuple, dict[str, Any]]]:
+    """The calls on the chunk collection, after checking the version-token calls around them:
+    the token forgotten first, a new one written last (``deployments/search/versions.py``)."""
+    (forget, *calls, bump) = client.calls
+    assert forget[0] == "delete" and forget[1] == (VERSIONS_COLLECTION,) and forget[2]["ids"] == ["chunks"]
+    assert bump[0] == "upsert" and bump[1][0] == VERSIONS_COLLECTION
+    (row,) = bump[1][1]
+    assert row["name"] == "chunks" and len(row["token"]) == 32
+    return calls
+
+
 def test_replace_documents_is_one_upsert_then_delete_of_tombstones_then_flush() -> None:
     client = FakeClient()
     new_a = [_row("a0", "A"), _row("a1", "A")]
@@ -501,8 +513,9 @@ def test_replace_documents_is_one_upsert_then_delete_of_tombstones_then_flush() 
     _store(client).replace_documents(
         [("A", new_a, {"a0": "v", "a1": "v", "a3": "v", "a2": "v"}), ("B", new_b, ["b0"])]
     )
-    assert [c[0] for c in client.calls] == ["upsert", "delete", "flush"]
-    (_, (name, batch), kw) = client.calls[0]
+    calls = _chunk_calls(client)
+    assert [c[0] for c in calls] == ["upsert", "delete", "flush"]
+    (_, (name, batch), kw) = calls[0]
     assert name == "chunks" and kw == {"timeout": 5.0}
     assert batch[:2] == new_a
     assert [r["id"] for r in batch[2:4]] == ["a2", "a3"]  # tombstones of the chunks A no longer has
@@ -510,17 +523,37 @@ def test_replace_documents_is_one_upsert_then_delete_of_tombstones_then_flush() 
     for t in batch[2:4]:
         assert t["doc_id"] == "A" and t["live"] is False and t["dense"] == [0.0, 0.0, 0.0]
         assert set(t) == ROW_FIELDS and t["chunk_index"] == -1 and t["updated_at"] > 0
-    (_, (name,), kw) = client.calls[1]
+    (_, (name,), kw) = calls[1]
     assert name == "chunks" and kw["timeout"] == 5.0
     assert conditions(kw["filter"]) == [c_in("doc_id", ["A", "B"]), c_cmp("live", "==", False)]
-    assert client.calls[2][1] == ("chunks",)
+    assert calls[2][1] == ("chunks",)
 
 
 def test_replace_document_without_old_chunks_writes_no_tombstone() -> None:
     client = FakeClient()
     _store(client).replace_document("A", [_row("a0", "A")], [])
-    assert [r["id"] for r in client.calls[0][1][1]] == ["a0"]
-    assert conditions(client.calls[1][2]["filter"]) == [c_in("doc_id", ["A"]), c_cmp("live", "==", False)]
+    calls = _chunk_calls(client)
+    assert [r["id"] for r in calls[0][1][1]] == ["a0"]
+    assert conditions(calls[1][2]["filter"]) == [c_in("doc_id", ["A"]), c_cmp("live", "==", False)]
+
+
+def test_deleting_a_document_replaces_the_version_token_and_a_drop_forgets_it() -> None:
+    client = FakeClient(rows=[{"id": "a0"}])
+    _store(client).delete_document("A")
+    ops = [(c[0], c[1][:1]) for c in client.calls]
+    assert ops[0] == ("query", ("chunks",))
+    assert ops[1:4] == [("delete", (VERSIONS_COLLECTION,)), ("delete", ("chunks",)), ("flush", ("chunks",))]
+    assert ops[4] == ("upsert", (VERSIONS_COLLECTION,)) and len(ops) == 5
+
+    class Existing(FakeClient):
+        def has_collection(self, name: str, **kwargs: Any) -> bool:
+            self.calls.append(("has_collection", (name,), kwargs))
+            return True
+
+    client = Existing()
+    assert _store(client).drop()
+    assert [(c[0], c[1][:1]) for c in client.calls] == [
+        ("has_collection", ("chunks",)), ("delete", (VERSIONS_COLLECTION,)), ("drop_collection", ("chunks",))]
 
 
 def test_replace_nothing_makes_no_call() -> None:
