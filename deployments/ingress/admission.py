@@ -7,6 +7,9 @@ current parallelism (1 / their service rate). ``s`` is measured, not configured:
 retrieval contributes ``latency / (mean number in flight during its life)``, which is its
 latency when it ran alone and shrinks as concurrent retrievals overlap in the pipeline, so the
 estimate follows the machine (a slow CPU, a generation sharing the cores) without a fixed rate.
+``s`` is the median of the last :data:`SAMPLES` contributions: one outlier (the first retrieval
+of a fresh replica, which loads its tokenizers and Milvus collection) must not make the estimate
+refuse concurrent retrievals until many lone ones have averaged it away.
 
 A retrieval whose estimate exceeds the budget is refused at once with 503 + ``Retry-After``
 instead of waiting in the stages' Serve queues, so the retrievals admitted keep their latency;
@@ -19,12 +22,17 @@ Pure bookkeeping with an injectable clock (unit-tested with hand-computed values
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from deployments.errors import OverloadedError
+
+#: Service-time contributions the estimate is the median of.
+SAMPLES = 16
 
 
 @dataclass
@@ -40,19 +48,23 @@ class RetrievalAdmission:
 
     Args:
         budget_s: the longest estimated latency a retrieval is admitted with (None: admit all).
-        smoothing: weight of a new service-time sample in the moving average.
+        samples: how many recent service-time contributions the estimate is the median of.
         clock: monotonic seconds (injected by the tests).
     """
 
-    def __init__(self, budget_s: float | None, smoothing: float = 0.2,
+    def __init__(self, budget_s: float | None, samples: int = SAMPLES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_s = budget_s
-        self.smoothing = smoothing
         self.clock = clock
         self.in_flight = 0
-        self.service_s: float | None = None  # per retrieval at the observed parallelism; None until measured
+        self.recent: deque[float] = deque(maxlen=samples)
         self._area = 0.0  # integral of in_flight over time: the mean in flight over any interval
         self._t = clock()
+
+    @property
+    def service_s(self) -> float | None:
+        """Time per retrieval at the observed parallelism (None until one was measured)."""
+        return statistics.median(self.recent) if self.recent else None
 
     def _advance(self) -> float:
         now = self.clock()
@@ -88,9 +100,7 @@ class RetrievalAdmission:
         elapsed, area = now - ticket.start, self._area - ticket.area
         if not measured or elapsed <= 0 or area <= 0:
             return
-        sample = elapsed * elapsed / area  # latency / mean in flight during it
-        self.service_s = sample if self.service_s is None else self.service_s + self.smoothing * (
-            sample - self.service_s)
+        self.recent.append(elapsed * elapsed / area)  # latency / mean in flight during it
 
     @contextmanager
     def admitted(self) -> Iterator[None]:

@@ -29,7 +29,7 @@ def test_a_lone_retrieval_measures_its_latency_as_the_service_time() -> None:
 
 def test_overlapping_retrievals_measure_latency_over_mean_parallelism() -> None:
     clock = Clock()
-    a = RetrievalAdmission(budget_s=10.0, smoothing=1.0, clock=clock)
+    a = RetrievalAdmission(budget_s=10.0, samples=1, clock=clock)
     first = a.admit()
     clock.t += 0.1
     second = a.admit()  # from here two are in flight
@@ -44,7 +44,7 @@ def test_overlapping_retrievals_measure_latency_over_mean_parallelism() -> None:
 def test_past_the_budget_is_a_503_with_retry_after_and_nothing_admitted() -> None:
     clock = Clock()
     a = RetrievalAdmission(budget_s=0.25, clock=clock)
-    a.service_s = 0.1
+    a.recent.append(0.1)
     tickets = [a.admit(), a.admit()]  # estimates 0.1 and 0.2 s: admitted
     with pytest.raises(OverloadedError) as err:
         a.admit()  # 3 x 0.1 = 0.3 s > 0.25 s
@@ -57,14 +57,14 @@ def test_past_the_budget_is_a_503_with_retry_after_and_nothing_admitted() -> Non
 
 def test_a_lone_retrieval_is_admitted_whatever_the_estimate() -> None:
     a = RetrievalAdmission(budget_s=0.01, clock=Clock())
-    a.service_s = 5.0
+    a.recent.append(5.0)
     a.admit()
     assert a.in_flight == 1
 
 
 def test_no_budget_admits_everything() -> None:
     a = RetrievalAdmission(budget_s=None, clock=Clock())
-    a.service_s = 5.0
+    a.recent.append(5.0)
     for _ in range(100):
         a.admit()
     assert a.in_flight == 100
@@ -80,3 +80,14 @@ def test_a_failed_block_frees_its_slot_without_a_sample() -> None:
     with a.admitted():
         clock.t += 0.05
     assert a.service_s == pytest.approx(0.05)
+
+
+def test_one_slow_first_retrieval_does_not_set_the_estimate() -> None:
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=1.0, clock=clock)
+    for latency in (3.0, 0.08, 0.09):  # a fresh replica's first call loads its models
+        t = a.admit()
+        clock.t += latency
+        a.done(t)
+    assert a.service_s == pytest.approx(0.09)
+    assert [a.admit() for _ in range(5)]  # five in flight: about 0.45 s, within the budget
