@@ -76,20 +76,27 @@ class RetrievalAdmission:
         """Estimated latency of a retrieval admitted now (0 before the first measurement)."""
         return (self.in_flight + 1) * (self.service_s or 0.0)
 
+    def refusal(self) -> OverloadedError | None:
+        """The error a retrieval arriving now is refused with, or None when it would be admitted:
+        refused when the estimate exceeds the budget while others are in flight (503, Retry-After
+        = the time the excess needs to drain, at least 1 s)."""
+        est = self.estimate_s()
+        if self.budget_s is None or self.in_flight == 0 or est <= self.budget_s:
+            return None
+        return OverloadedError(
+            f"retrieval queue is full: about {est * 1000:.0f} ms for {self.in_flight} retrievals in flight "
+            f"exceeds the budget of {self.budget_s:g}s (ingress.retrieve_budget_s)",
+            retry_after_s=math.ceil(max(1.0, est - self.budget_s)))
+
     def admit(self) -> _Ticket:
         """Admit a retrieval, or refuse it.
 
         Raises:
-            OverloadedError: the estimate exceeds the budget while others are in flight (503,
-                Retry-After = the time the excess needs to drain, at least 1 s).
+            OverloadedError: :meth:`refusal` says so.
         """
         now = self._advance()
-        est = self.estimate_s()
-        if self.budget_s is not None and self.in_flight > 0 and est > self.budget_s:
-            raise OverloadedError(
-                f"retrieval queue is full: about {est * 1000:.0f} ms for {self.in_flight} retrievals in flight "
-                f"exceeds the budget of {self.budget_s:g}s (ingress.retrieve_budget_s)",
-                retry_after_s=math.ceil(max(1.0, est - self.budget_s)))
+        if (err := self.refusal()) is not None:
+            raise err
         self.in_flight += 1
         return _Ticket(now, self._area)
 

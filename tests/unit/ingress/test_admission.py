@@ -91,3 +91,60 @@ def test_one_slow_first_retrieval_does_not_set_the_estimate() -> None:
         a.done(t)
     assert a.service_s == pytest.approx(0.09)
     assert [a.admit() for _ in range(5)]  # five in flight: about 0.45 s, within the budget
+
+
+# --------------------------------------------------------------------------- the middleware
+def _call(middleware, path: str, method: str = "POST") -> tuple[list[dict], bool, dict]:
+    import asyncio
+
+    reached: list[bool] = []
+    sent: list[dict] = []
+    scope = {"type": "http", "path": path, "method": method, "headers": []}
+
+    async def inner(scope, receive, send) -> None:
+        reached.append(True)
+
+    async def receive() -> dict:
+        raise AssertionError("the body must not be read")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    middleware.app = inner
+    asyncio.run(middleware(scope, receive, send))
+    return sent, bool(reached), scope
+
+
+def test_the_middleware_refuses_a_retrieval_route_before_reading_its_body() -> None:
+    import json
+
+    from deployments.ingress.http import SheddingMiddleware
+
+    a = RetrievalAdmission(budget_s=1.0, clock=Clock())
+    a.recent.append(0.6)
+    route = object()
+    mw = SheddingMiddleware(None, a, {"/v1/retrieve": route})
+    assert _call(mw, "/v1/retrieve")[1]  # nothing in flight: passed on
+    a.admit()  # one in flight: the next is estimated at 1.2 s > 1 s
+    sent, reached, scope = _call(mw, "/v1/retrieve")
+    assert not reached and scope["route"] is route  # the metrics label the route
+    start, body = sent[0], json.loads(sent[1]["body"])
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert body["error"]["type"] == "overloaded_error" and body["error"]["code"] == 503
+    assert _call(mw, "/healthz", "GET")[1] and _call(mw, "/v1/retrieve", "GET")[1]  # other routes pass
+
+
+def test_the_app_guards_the_retrieval_routes_with_the_pipelines_admission() -> None:
+    from deployments.config import parse_app_config
+    from deployments.ingress.api import SHED_PATHS, build_api
+    from deployments.ingress.http import IngressMiddleware, SheddingMiddleware
+    from deployments.ingress.pipeline import Pipeline
+
+    handles = {name: object() for name in ("preprocess", "encoder", "search", "generator")}  # never called
+    pipeline = Pipeline(handles, parse_app_config({}))
+    app = build_api(pipeline)
+    stack = [m for m in app.user_middleware]
+    assert [m.cls for m in stack] == [IngressMiddleware, SheddingMiddleware]  # the outermost first
+    shed = stack[1].kwargs
+    assert shed["admission"] is pipeline.admission
+    assert sorted(shed["routes"]) == sorted(SHED_PATHS)  # every guarded path is a real route
