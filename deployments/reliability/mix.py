@@ -109,6 +109,16 @@ class Client:
     def __init__(self, mix: Mix, questions: Sequence[str]) -> None:
         self.mix, self.questions = mix, list(questions)
 
+    async def prepare(self, client: httpx.AsyncClient) -> None:
+        """Create the collection the ``write`` kind uses (when the mix writes)."""
+        if self.mix.weights.get("write", 0) > 0:
+            await client.post("/v1/collections", json={"name": self.mix.collection})
+
+    async def cleanup(self, client: httpx.AsyncClient) -> None:
+        """Drop the ``write`` kind's collection again."""
+        if self.mix.weights.get("write", 0) > 0:
+            await client.delete(f"/v1/collections/{self.mix.collection}")
+
     async def send(self, client: httpx.AsyncClient, kind: str, i: int) -> Result:
         start = time.monotonic()
         got = Result(kind, start, start, 0)
@@ -218,8 +228,7 @@ class Load:
         sender = Client(self.mix, self.questions)
         limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
         async with httpx.AsyncClient(base_url=self.url, timeout=self.mix.client_timeout_s, limits=limits) as client:
-            if self.mix.weights.get("write", 0) > 0:
-                await client.post("/v1/collections", json={"name": self.mix.collection})
+            await sender.prepare(client)
             tasks: set[asyncio.Task[None]] = set()
             next_at, i = time.monotonic(), 0
             while not self._stop.is_set():
@@ -230,8 +239,7 @@ class Load:
                 task.add_done_callback(tasks.discard)
                 i += 1
             await asyncio.gather(*tasks)
-            if self.mix.weights.get("write", 0) > 0:
-                await client.delete(f"/v1/collections/{self.mix.collection}")
+            await sender.cleanup(client)
 
     async def _one(self, sender: Client, client: httpx.AsyncClient, kind: str, i: int) -> None:
         self.results.append(await sender.send(client, kind, i))
@@ -246,6 +254,8 @@ async def closed_loop_rate(url: str, mix: Mix, questions: Sequence[str], concurr
     results: list[Result] = []
     deadline = time.monotonic() + duration_s
     async with httpx.AsyncClient(base_url=url, timeout=mix.client_timeout_s) as client:
+        await sender.prepare(client)
+
         async def worker(w: int) -> None:
             i = w
             while time.monotonic() < deadline:

@@ -24,15 +24,15 @@ def role_of(name: str, cmdline: list[str]) -> str:
     """A process's role from its name and command line (pure: unit-tested).
 
     Ray workers: their actor class, without the running method (``ServeReplica:ragserve:search``,
-    ``ServeController``, ``ProxyActor``); vLLM's engine: ``vllm:EngineCore``; the milvus-lite server:
-    ``milvus-lite``; Ray's own processes: ``ray:<executable or script>``.
+    ``ServeController``, ``ProxyActor``); vLLM's processes: ``vllm:EngineCore``, ``vllm:Worker``; the
+    milvus-lite server: ``milvus-lite``; other processes: ``ray:<executable or script>``.
     """
     title = cmdline[0] if cmdline else name
     if title.startswith("ray::"):
         return title.split(" ")[0].removeprefix("ray::").split(".")[0] or "ray::IDLE"
+    if title.startswith("VLLM::"):  # vLLM's engine core and its workers name themselves so
+        return "vllm:" + title.split(" ")[0].removeprefix("VLLM::")
     joined = " ".join(cmdline)
-    if "EngineCore" in name or "EngineCore" in joined:
-        return "vllm:EngineCore"
     if "milvus" in joined and " server" in joined:
         return "milvus-lite"
     script = next((a.rsplit("/", 1)[-1] for a in cmdline[1:] if a.endswith(".py")), "")

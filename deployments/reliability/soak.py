@@ -6,8 +6,9 @@ The procedure: a warm-up load (connections, caches and lazily loaded code settle
 pause and a *baseline* sample; the load for ``duration_s`` with a sample every ``interval_s``; the
 load stops, in-flight requests finish, a short idle pause and a *final* sample. Then:
 
-* **memory trend**: per process, the least-squares slope of RSS over the samples under load,
-  in MiB per hour, against the bound ``max(rss_bound_mib_per_h, rss_bound_fraction x its median RSS)``;
+* **memory trend**: per process, the least-squares slope of RSS over the samples under load
+  (the first :data:`TREND_SKIP` of them left out: caches and allocator pools still fill there), in
+  MiB per hour, against the bound ``max(rss_mib_per_h, rss_fraction_per_h x its median RSS)``;
 * **file descriptors**: per process, final minus baseline (both idle), against ``fd_bound``;
 * **leaked streams**: the generator engines' unfinished sequences must be back at 0 after the load
   (streams that ended, failed or were abandoned all leave the engine).
@@ -31,6 +32,8 @@ from deployments.reliability import procs
 from deployments.reliability.mix import Load, Mix, Result
 
 MIB = 1024 * 1024
+#: Share of the samples under load (the first ones) left out of the RSS trend.
+TREND_SKIP = 0.2
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ def trends(under_load: Sequence[procs.Sample], baseline: Sequence[procs.Sample],
     rows = []
     for (role, pid), ss in series.items():
         median_mib = statistics.median(s.rss for s in ss) / MIB
-        slope = slope_per_h([(s.t, s.rss / MIB) for s in ss])
+        slope = slope_per_h([(s.t, s.rss / MIB) for s in ss[int(len(ss) * TREND_SKIP):]])
         bound = max(bounds.rss_mib_per_h, bounds.rss_fraction_per_h * median_mib)
         fd_growth = end[(role, pid)].fds - base[(role, pid)].fds if (role, pid) in base and (role, pid) in end \
             else None

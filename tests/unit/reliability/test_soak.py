@@ -18,6 +18,7 @@ from deployments.reliability.soak import MIB, Bounds
     ("ray::ProxyActor", ["ray::ProxyActor"], "ProxyActor"),
     ("ray::IDLE", ["ray::IDLE"], "IDLE"),
     ("VLLM::EngineCor", ["VLLM::EngineCore"], "vllm:EngineCore"),
+    ("VLLM::Worker", ["VLLM::Worker"], "vllm:Worker"),
     ("milvus-lite", ["/venv/bin/python", "/venv/bin/milvus-lite", "server", "--data-dir", "d", "--port", "1"],
      "milvus-lite"),
     ("raylet", ["/venv/lib/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=x"], "ray:raylet"),
@@ -67,3 +68,9 @@ def test_report_lists_every_violation_and_a_leaked_stream() -> None:
     clean = soak.report(soak.SoakRun([Sample(0, 1, "x", 0, 10)], _series("x", 1, [10, 10]),
                                      [Sample(9, 1, "x", 0, 10)], [], 0, 0.0), Bounds(), {})
     assert clean["violations"] == []
+
+
+def test_the_trend_leaves_out_the_first_fifth_of_the_load() -> None:
+    warming = _series("ServeReplica:ragserve:ingress", 11, [200, 300, 300, 300, 300])  # a cache filled first
+    row = soak.trends(warming, [], [], Bounds())[0]
+    assert row["rss_slope_mib_per_h"] == 0.0 and row["rss_ok"]
