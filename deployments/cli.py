@@ -1,5 +1,5 @@
 """``ragserve`` command line: serve, ingest, ask, status, config, demo, render, keys, bench, eval,
-eval-injection, cluster, chaos, soak.
+eval-injection, cluster, chaos, soak, tune.
 
 Every command reads the one config (``--config``, else ``RAGSERVE_CONFIG``, else
 ``cluster/serve_config.yaml``, else the schema defaults).
@@ -33,6 +33,7 @@ from deployments.evaluation import command as eval_command
 from deployments.evaluation import injection as injection_command
 from deployments.reliability import command as reliability_command
 from deployments.render import command as render_command
+from deployments.tune import command as tune_command
 from deployments.stack import LocalStack
 
 log = logging.getLogger("ragserve")
@@ -65,7 +66,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         start = time.perf_counter()
         embedder = Embedder(cfg.encoder)
-        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim)
+        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim, cfg.stored_copy())
         store.ensure_collection()
         if files is None:
             reports = ingest_paths(args.paths, store, embedder, cfg.ingest, cfg.preprocess)
@@ -215,6 +216,7 @@ def parser() -> argparse.ArgumentParser:
     injection_command.add_parser(sub)
     render_command.add_parser(sub)
     keys_command.add_parser(sub)
+    tune_command.add_parser(sub)
     s = sub.add_parser("config", help="validate and print the config, or its schema")
     s.add_argument("--schema", action="store_true")
     s.set_defaults(fn=cmd_config)

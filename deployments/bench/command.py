@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from deployments.bench import baselines, load, overload, runner
+from deployments.bench import baselines, encoders, load, overload, runner
 from deployments.bench.stats import StepResult
 from deployments.config import AppConfig, load_config_or_defaults
 
@@ -22,10 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--url", default="http://127.0.0.1:8000", help="ragserve base URL (loopback)")
     s.add_argument("--targets", default="retrieve,generate,query,embed",
                    help=f"comma-separated, of {','.join(load.TARGETS)}")
-    s.add_argument("--mode", choices=("closed", "open", "overload"), default="closed",
+    s.add_argument("--mode", choices=("closed", "open", "overload", "encoder-backends"), default="closed",
                    help="overload: capacity (closed loop), then open loop at --multiples of it, with "
-                   "rejections, Retry-After and the admitted p50/p99 against the budget (generation: generator.ttft_budget_s; "
-                   "retrieval: ingress.retrieve_budget_s)")
+                   "rejections, Retry-After and the admitted p50/p99 against the budget (generation: "
+                   "generator.ttft_budget_s; retrieval: ingress.retrieve_budget_s); "
+                   "encoder-backends: every encoder.backend/precision against torch in this process (texts/s at "
+                   "concurrency 1 and 32, agreement), with --serve through Serve and --eval their nDCG@10")
     s.add_argument("--concurrency", help="closed loop: concurrency sweep (default 1,2,4,8,16,32); overload: the "
                    "closed loops whose best rate is the capacity (default 4,8,16)")
     s.add_argument("--multiples", default="1,2,4", help="overload: offered rates as multiples of the capacity")
@@ -39,6 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--baselines", nargs="?", const="a,b,c", default="",
                    help="also measure baselines: a=in-process retrieval, b=bare vLLM, c=unbatched encoder "
                    "(default all; needs the app's Ray cluster and Milvus on this machine)")
+    s.add_argument("--backends", default=",".join(encoders.VARIANTS),
+                   help="encoder-backends: backend/precision pairs (or backend names) to compare with torch/fp32")
+    s.add_argument("--rounds", type=int, default=5, help="encoder-backends: rounds in which every backend takes a turn")
+    s.add_argument("--serve", action="store_true",
+                   help="encoder-backends: also through Serve (needs a running ragserve Ray cluster on this machine)")
+    s.add_argument("--eval", action="store_true",
+                   help="encoder-backends: also nDCG@10 per backend (starts a local stack per backend; minutes each)")
     s.add_argument("--out", default="reports/bench", help="directory for results.csv/json and the PNG plot")
     s.set_defaults(fn=cmd_bench)
 
@@ -49,6 +58,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.mode == "overload":
         return cmd_overload(args, cfg, targets)
+    if args.mode == "encoder-backends":
+        return cmd_encoder_backends(args, cfg)
     args.concurrency = args.concurrency or "1,2,4,8,16,32"
     loads = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rates).split(",")]
     metrics = args.metrics_url or ([] if args.settle <= 0 else runner.metrics_urls())
@@ -85,6 +96,30 @@ def cmd_overload(args: argparse.Namespace, cfg: AppConfig, targets: list[str]) -
     bad = [s for s in steps if s["within_budget"] is False or s["rejected_with_retry_after"] < sum(s["rejected"].values())
            or s["rejected_in_error_shape"] < sum(s["rejected"].values())]
     return 1 if bad else 0
+
+
+def cmd_encoder_backends(args: argparse.Namespace, cfg: AppConfig) -> int:
+    """``--mode encoder-backends``: print the table and write ``encoder_backends.json``; exit 1 when
+    a backend lost more than ``encoders.NDCG_TOLERANCE`` nDCG@10 against torch (with --eval)."""
+    from deployments.generator.hardware import HardwareFacts
+
+    variants = encoders.parse_variants(args.backends)
+    facts = HardwareFacts.detect().model_dump(mode="json")
+    print(f"machine: {facts['cpu_model']}, {len(facts['allowed_cpus'])} CPUs, flags {','.join(facts['cpu_flags'])}")
+    questions = runner.sample_questions()
+    results: dict = {"command": " ".join(["ragserve", *sys.argv[1:]]), "machine": facts, "variants": variants}
+    results["inprocess"] = encoders.inprocess(cfg, variants, questions, encoders.passages(64), args.rounds)
+    if args.serve:
+        results["serve"] = encoders.through_serve(cfg, variants, questions, n=640)
+    if args.eval:
+        results["quality"] = encoders.quality(cfg, variants)
+    print("\n" + encoders.format_table(results))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "encoder_backends.json"
+    path.write_text(json.dumps(runner.no_nan(results), indent=2, allow_nan=False))
+    print(f"\nwrote {path}")
+    return 1 if any(not q["within_tolerance"] for q in results.get("quality", {}).values()) else 0
 
 
 def machine(url: str) -> dict:

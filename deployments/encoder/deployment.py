@@ -9,7 +9,7 @@ from ray import serve
 
 from deployments import metrics
 from deployments.config import EncoderConfig
-from deployments.protocol.stages import Embeddings
+from deployments.protocol.stages import Embeddings, QueryVector
 
 
 @serve.deployment(name="encoder")
@@ -23,16 +23,22 @@ class Encoder:
 
     def __init__(self, cfg: EncoderConfig) -> None:
         from deployments.encoder.model import Embedder
+        from deployments.protocol.types import encoder_tag
 
         self.cfg = cfg
         self.embedder = Embedder(cfg)
         self.dim = self.embedder.dim
+        self.tag = encoder_tag(cfg.model)  # which copy of a collection this encoder's vectors belong to
         self._batched.set_max_batch_size(cfg.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.embedder.embed(["warm up"])  # first pass allocates; keep it off a request
 
-    async def encode(self, text: str) -> list[float]:
-        """Embed one text; returns its unit-length vector."""
+    async def encode(self, text: str) -> QueryVector:
+        """Embed one question: its unit-length vector, and which encoder made it."""
+        vec = await self._one(text)
+        return QueryVector.model_construct(values=tuple(vec), model=self.cfg.model, encoder=self.tag)
+
+    async def _one(self, text: str) -> list[float]:
         with metrics.stage_call("encoder"):
             enqueued = time.perf_counter()
             vec, started = await self._batched(text)
@@ -42,8 +48,9 @@ class Encoder:
     async def embed(self, texts: list[str]) -> Embeddings:
         """Embed several texts (they join the same batches as concurrent single calls), with the
         tokens the model read (for usage accounting)."""
-        vectors = await asyncio.gather(*(self.encode(t) for t in texts))
-        return Embeddings(vectors=tuple(tuple(v) for v in vectors), tokens=self.embedder.input_tokens(texts))
+        vectors = await asyncio.gather(*(self._one(t) for t in texts))
+        return Embeddings(vectors=tuple(tuple(v) for v in vectors), tokens=self.embedder.input_tokens(texts),
+                          encoder=self.tag)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """This replica's autoscaling signal (Ray Serve calls it while autoscaling is on).
@@ -64,8 +71,8 @@ class Encoder:
         return [c.text for c in chunk_text(text, max_tokens, overlap_tokens, self.embedder.count_tokens)]
 
     async def info(self) -> dict[str, int | str]:
-        """Model name and vector dimension (for /v1/embeddings and the search schema)."""
-        return {"model": self.embedder.name, "dim": self.dim}
+        """Model name, vector dimension and tag (for /v1/embeddings and the search schema)."""
+        return {"model": self.embedder.name, "dim": self.dim, "encoder": self.tag}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)  # both reset from the config in __init__
     async def _batched(self, texts: list[str]) -> list[tuple[list[float], float]]:

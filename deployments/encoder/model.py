@@ -1,7 +1,11 @@
 """The embedding model, usable in-process (ingestion, benchmarks) and inside the deployment.
 
-sentence-transformers does the pooling and normalisation the model was trained with;
-vectors are L2-normalised so Milvus's inner product is cosine similarity.
+sentence-transformers does the tokenisation, pooling and normalisation the model was trained
+with; vectors are L2-normalised so Milvus's inner product is cosine similarity. The transformer's
+forward pass runs on the configured backend (``encoder.backend``: PyTorch, ONNX Runtime or
+OpenVINO, see :mod:`deployments.encoder.runtime`). Serving replicas, bulk ingestion's embedding
+actors and ``--local`` ingestion all build this class from ``cfg.encoder``, so they run the same
+backend.
 """
 
 from __future__ import annotations
@@ -19,18 +23,25 @@ class Embedder:
     """A loaded sentence-embedding model.
 
     Args:
-        cfg: the encoder's config slice (model reference, device, sequence length, threads).
+        cfg: the encoder's config slice (model reference, backend and precision, device, sequence
+            length, threads).
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
         import torch  # optional dependency: only the encoder needs it
         from sentence_transformers import SentenceTransformer
 
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         self.model = SentenceTransformer(models.resolve(cfg.model), device=cfg.device)
         self.model.max_seq_length = cfg.max_seq_length
+        if cfg.backend != "torch":
+            from deployments.encoder import runtime
+
+            # Same thread count as torch would use (OMP_NUM_THREADS in a Ray worker): ONNX Runtime
+            # and OpenVINO would otherwise take every core, next to the other stages' replicas.
+            runtime.attach(self.model, cfg, threads=cfg.threads or torch.get_num_threads())
         self.dim = int(self.model.get_embedding_dimension())
         self.name = cfg.model
 

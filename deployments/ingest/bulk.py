@@ -93,7 +93,7 @@ class Embed:
 
         self.cfg = cfg
         self.embedder = Embedder(cfg.encoder)
-        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, self.embedder.dim)
+        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, self.embedder.dim, cfg.stored_copy())
         text.warm_up()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -122,12 +122,13 @@ class Embed:
 
 
 class Write:
-    """Actor: write each batch of documents with one upsert (each document whole)."""
+    """Actor: write each batch of documents with one upsert (each document whole), into
+    ``collection`` (default: the config's encoder's copy of the configured collection)."""
 
-    def __init__(self, cfg: AppConfig, dim: int) -> None:
+    def __init__(self, cfg: AppConfig, dim: int, collection: str | None = None) -> None:
         from deployments.search.store import ChunkStore, connect
 
-        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, dim)
+        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, dim, collection or cfg.stored_copy())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         writes = [pickle.loads(w) for w in batch["write"] if w]

@@ -45,7 +45,8 @@ class DocumentWriter:
         icfg, pcfg, h, call = self.cfg.ingest, self.cfg.preprocess, self.p.handles, self.p.call
         doc = Document(doc_id=d.id, source=d.source or d.id, title=d.title, text=d.text.strip(),
                        tags=tuple(d.tags), created_at=int(d.created_at or 0), acl=tuple(d.acl))
-        stored = await call(h["search"].document_state.remote(collection, doc.doc_id), "search")
+        live = self.p.encoder_tag
+        stored = await call(h["search"].document_state.remote(collection, doc.doc_id, live), "search")
         chunks = await call(h["encoder"].chunk.remote(doc.text, icfg.chunk_tokens, icfg.chunk_overlap_tokens),
                             "encoder")
         p = pipeline.plan_chunks(doc, chunks, pcfg)
@@ -53,6 +54,11 @@ class DocumentWriter:
             return DocumentResult(id=doc.doc_id, status="unchanged", chunks=len(p.texts))
         lexical, embedded = await asyncio.gather(
             call(h["preprocess"].analyze.remote(list(p.texts)), "preprocess"), self.p.embed(list(p.texts)))
+        if embedded.encoder != live:
+            # Another encoder's replica answered (a switch of encoders is under way): the vectors go
+            # to that encoder's copy, whose own chunks of the document are the ones replaced.
+            stored = await call(h["search"].document_state.remote(collection, doc.doc_id, embedded.encoder), "search")
         rows = pipeline.rows(p, [list(v) for v in embedded.vectors], lexical)
-        await call(h["search"].replace_document.remote(collection, doc.doc_id, rows, sorted(stored)), "search")
+        await call(h["search"].replace_document.remote(collection, doc.doc_id, rows, sorted(stored), embedded.encoder),
+                   "search")
         return DocumentResult(id=doc.doc_id, status="updated" if stored else "added", chunks=len(rows))

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments import metrics
+from deployments.ingress import gate
 from deployments.errors import (
     DependencyTimeoutError,
     DependencyUnavailableError,
@@ -30,6 +31,7 @@ from deployments.errors import (
     OverloadedError,
     PayloadTooLargeError,
     RagServeError,
+    RateLimitedError,
     error_body,
 )
 
@@ -108,7 +110,7 @@ def failure_message(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}"[:300]
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException, request: Request | None = None) -> JSONResponse:
     """The HTTP response for an exception (the one place statuses are chosen). No request-id
     header here: Serve's proxy adds ``X-Request-Id`` to every response, errors included."""
     err = as_ragserve_error(exc)
@@ -118,6 +120,11 @@ def error_response(exc: BaseException) -> JSONResponse:
         headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     if err.status == 401:  # RFC 9110 11.6.1: a 401 names the scheme that would work (RFC 6750)
         headers["www-authenticate"] = 'Bearer realm="ragserve"'
+    if isinstance(err, RateLimitedError) and err.hold_s and request is not None:
+        # For the proxy's gate, which strips them: it refuses this key's repeats itself.
+        headers[gate.HOLD_HEADER] = str(math.ceil(err.hold_s * 1000))
+        headers[gate.SCOPE_HEADER] = request.scope.get("root_path", "")
+        headers[gate.TENANT_HEADER] = err.tenant or "unknown"
     return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 

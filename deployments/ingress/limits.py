@@ -88,7 +88,7 @@ class RateLimiter:
             wait = bucket.take(1, self.clock())
             if wait:
                 raise RateLimitedError(f"over this key's rate of {who.limits.requests_per_s:g} requests/s",
-                                       retry_after_s=math.ceil(wait))
+                                       retry_after_s=math.ceil(wait), hold_s=wait, tenant=who.label)
 
     def start_generation(self, who: Principal, max_tokens: int) -> None:
         """Reserve a generation of up to ``max_tokens``.

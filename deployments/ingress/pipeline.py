@@ -24,10 +24,10 @@ from deployments.ingress.auth import OPEN, Principal
 from deployments.preprocess import text as analysis
 from deployments.protocol.api import RetrievalFields, SamplingFields, SearchQuery, StageReadiness
 from deployments.protocol.stages import (
-    Embeddings, GenerationChunk, GenerationRequest, Hit, PackedContext, PreparedQuery, RagPrompt, SamplingParams,
-    SearchRequest, SearchResult,
+    Embeddings, GenerationChunk, GenerationRequest, Hit, PackedContext, PreparedQuery, QueryVector, RagPrompt,
+    SamplingParams, SearchRequest, SearchResult,
 )
-from deployments.protocol.types import ChatMessage
+from deployments.protocol.types import ENCODER_SEP, ChatMessage, encoder_tag, split_encoded
 
 READY_TIMEOUT_S = 5.0
 
@@ -113,6 +113,9 @@ class Pipeline:
         self.access = access or Access(cfg.auth)
         self.timeout = cfg.ingress.request_timeout_s
         self.admission = RetrievalAdmission(cfg.ingress.retrieve_budget_s)
+        #: The configured encoder's tag: whose copy of a collection this replica deletes from and
+        #: lists (writes and searches follow the encoder replica that embedded them).
+        self.encoder_tag = encoder_tag(cfg.encoder.model)
 
     # ------------------------------------------------------------------ calls
     async def call(self, response: Any, stage: str) -> Any:
@@ -131,9 +134,19 @@ class Pipeline:
         return await self.call(self.handles["encoder"].embed.remote(texts), "encoder")
 
     # ------------------------------------------------------------------ retrieval
-    def collection(self, who: Principal, name: str | None) -> str:
+    def collection(self, who: Principal, name: str | None, param: str = "collection") -> str:
         """The stored collection ``who`` means by ``name`` (default: the configured one): always
-        inside its tenant's namespace, so no name reaches another tenant's collections."""
+        inside its tenant's namespace, so no name reaches another tenant's collections, and never
+        one encoder's copy by its own name (the copy is chosen by the encoder of each request).
+
+        Raises:
+            InvalidRequestError: a name that would name an encoder's copy.
+        """
+        from deployments.errors import InvalidRequestError
+
+        if name and split_encoded(name)[1]:
+            raise InvalidRequestError(f"collection names ending in {ENCODER_SEP}<16 hex digits> are reserved for "
+                                      "the copies tuned encoders keep", param=param)
         return who.collection(name or self.cfg.search.milvus.collection)
 
     async def retrieve(self, question: str, where: RetrievalFields, history: tuple[ChatMessage, ...] = (),
@@ -169,16 +182,20 @@ class Pipeline:
             if enc is not None:
                 enc.cancel()
             raise
-        vector = await self.call(enc or self.handles["encoder"].encode.remote(prepared.text), "encoder")
+        vector: QueryVector = await self.call(enc or self.handles["encoder"].encode.remote(prepared.text), "encoder")
         top_k = where.top_k or self.cfg.search.top_k
         rerank = self.handles.get("rerank")
         # With a reranker, search fetches more candidates and the reranker keeps the best top_k.
         fetch = max(top_k, self.cfg.reranker.candidates) if rerank is not None else top_k
         # The tenant's collection and the key's groups are the mandatory part of the search: they
         # come from the key, never from the request, and the filter compiler keeps them apart.
-        req = SearchRequest(query=prepared, vector=tuple(vector), top_k=fetch, mode=where.mode,
-                            collection=self.collection(who, where.collection), filter=where.filter, acl=who.groups)
+        # The vector is searched in its own encoder's copy of the collection (several encoders answer
+        # side by side while a tuned one is rolled out: deployments/tune/rollout.py).
+        req = SearchRequest(query=prepared, vector=vector.values, top_k=fetch, mode=where.mode,
+                            collection=self.collection(who, where.collection), encoder=vector.encoder,
+                            filter=where.filter, acl=who.groups)
         result = await self.call(self.handles["search"].search.remote(req), "search")
+        result = result.model_copy(update={"encoder": vector.model})
         if rerank is not None and result.hits:
             hits = await self.call(rerank.rerank.remote(prepared.text, result.hits, top_k), "rerank")
             result = result.model_copy(update={"hits": hits})

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from deployments import stages
+from deployments import envs, stages
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def ray_executable() -> str:
 
 
 def _node_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(os.environ) | envs.node_env()
     # Ray drains a node for up to 30 s on SIGTERM (for rolling upgrades); `down` stops the whole
     # cluster, where there is nothing to drain to.
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"

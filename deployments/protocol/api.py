@@ -101,11 +101,18 @@ class Source(BaseModel):
         return [cls(n=i, **h.model_dump()) for i, h in enumerate(hits, start=1)]
 
 
+#: Which encoder served a retrieval: the one field every retrieving response carries.
+ENCODER_FIELD = Field("", description="The encoder (model reference) that embedded the question and the passages "
+                      "searched; while a tuned encoder is rolled out, each response is served by one of the two, "
+                      "never a mix (`ragserve tune rollout`).")
+
+
 class RetrieveResponse(BaseModel):
     sources: list[Source]
     mode: Mode = Field(description="The retrieval mode actually used.")
     query_tokens: list[str] = Field(description="Lexical tokens of the searched text.")
     search_query: SearchQuery
+    encoder: str = ENCODER_FIELD
 
 
 class QueryRequest(SamplingFields, ConversationFields):
@@ -138,6 +145,7 @@ class QueryResponse(BaseModel):
     context: PackedContext | None = Field(
         None, description="Which sources went into the prompt (the rest did not fit the model's context window).")
     search_query: SearchQuery
+    encoder: str = ENCODER_FIELD
 
 
 class QuerySourcesEvent(BaseModel):
@@ -147,6 +155,7 @@ class QuerySourcesEvent(BaseModel):
     sources: list[Source]
     context: PackedContext | None
     search_query: SearchQuery
+    encoder: str = ENCODER_FIELD
 
 
 class DeltaEvent(BaseModel):

@@ -36,6 +36,17 @@ class Embeddings(Message):
 
     vectors: tuple[tuple[float, ...], ...]
     tokens: int = Field(description="Tokens the encoder processed, special tokens included, after truncation.")
+    encoder: str = Field("", description="Tag of the encoder that made the vectors (``tune.artefacts.encoder_tag``): "
+                         "they are written to that encoder's copy of a collection.")
+
+
+class QueryVector(Message):
+    """A question's vector and the encoder that made it (any replica may answer during a switch of
+    encoders, so the vector says which one it is)."""
+
+    values: tuple[float, ...]
+    model: str = Field(description="The encoder's model reference (encoder.model of its replica).")
+    encoder: str = Field("", description="Its tag: the copy of a collection the vector may be searched in.")
 
 
 class SearchRequest(Message):
@@ -46,6 +57,8 @@ class SearchRequest(Message):
     top_k: int
     mode: Mode | None = None
     collection: str | None = None
+    encoder: str = Field("", description="Tag of the encoder that made ``vector``: only that encoder's copy of "
+                         "the collection is searched.")
     filter: Filter | None = None
     acl: tuple[str, ...] | None = Field(
         None, description="Groups the caller may read (a mandatory filter, set by the ingress from the API key, "
@@ -71,6 +84,8 @@ class Hit(Message):
 class SearchResult(Message):
     hits: tuple[Hit, ...]
     mode: Mode
+    encoder: str = Field("", description="Model reference of the encoder that embedded the question and, the "
+                         "search stage makes sure, the passages searched (set by the ingress).")
 
 
 class StructuredOutput(Message):

@@ -34,8 +34,38 @@ def stored_collection(tenant: str, name: str) -> str:
     return f"{tenant}{TENANT_SEP}{name}" if tenant else name
 
 
+#: Between a stored collection's name and the tag of the encoder that embedded that copy of it
+#: (``ragserve tune``: every encoder has its own copy, so no query meets another encoder's passages).
+ENCODER_SEP = "__enc_"
+_ENCODED = re.compile(rf"^(.+){ENCODER_SEP}([0-9a-f]{{16}})$")
+
+
+#: How a model reference names a tuned encoder (``deployments/tune/artefacts.py`` makes them).
+TUNED_ENCODER = "tuned:encoder-"
+
+
+def encoder_tag(model: str) -> str:
+    """The tag of an encoder's copies of the collections: a tuned encoder's version, "" for any
+    other model (its copies keep the collections' own names, as before any tuning)."""
+    return model.removeprefix(TUNED_ENCODER) if model.startswith(TUNED_ENCODER) else ""
+
+
+def encoded_collection(stored: str, encoder_tag: str) -> str:
+    """The copy of a stored collection embedded by the encoder ``encoder_tag`` ("" : the untuned
+    encoder, whose copy is the stored collection itself)."""
+    return f"{stored}{ENCODER_SEP}{encoder_tag}" if encoder_tag else stored
+
+
+def split_encoded(name: str) -> tuple[str, str]:
+    """(stored collection, encoder tag) of a copy's name: the inverse of :func:`encoded_collection`."""
+    m = _ENCODED.match(name)
+    return (m.group(1), m.group(2)) if m else (name, "")
+
+
 def is_default_collection(stored: str, default: str) -> bool:
-    """Whether a stored collection is some tenant's default collection (created on first use)."""
+    """Whether a stored collection (of any encoder) is some tenant's default collection (created
+    on first use)."""
+    stored = split_encoded(stored)[0]
     return stored == default or stored.endswith(f"{TENANT_SEP}{default}")
 
 

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from deployments import envs
 from deployments import stages as registry
 from deployments.config import AppConfig
 from deployments.errors import ConfigError
@@ -86,6 +87,8 @@ def _container(name: str, image: str, k8s: KubernetesOptions, shape: PodShape, p
             # Gated models only: optional, so clusters without the Secret start the same.
             {"name": "HF_TOKEN",
              "valueFrom": {"secretKeyRef": {"name": k8s.hf_token_secret, "key": "token", "optional": True}}},
+            # Ray's own processes of every pod (the Serve proxy's refusal gate, request-path logs).
+            *({"name": name, "value": value} for name, value in sorted(envs.node_env(inherit=False).items())),
         ],
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [

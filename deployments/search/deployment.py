@@ -13,11 +13,11 @@ from ray import serve
 
 from deployments import metrics
 from deployments.config import SearchConfig
-from deployments.errors import DependencyUnavailableError, InvalidRequestError, NotFoundError
+from deployments.errors import DependencyUnavailableError, InvalidRequestError, NotFoundError, RagServeError
 from deployments.protocol.stages import SearchRequest, SearchResult
-from deployments.protocol.types import is_default_collection
+from deployments.protocol.types import encoded_collection, is_default_collection, split_encoded
 from deployments.search import precision
-from deployments.search.store import ChunkStore, connect, list_collections
+from deployments.search.store import ChunkStore, connect, list_collections, milvus_errors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,11 +47,11 @@ class Searcher:
                 self._client = connect(self.cfg.milvus)
             return self._client
 
-    def _store(self, collection: str | None, dim: int = 0, create: bool | None = None) -> ChunkStore:
-        """The loaded store of ``collection``. Only a default collection (the server's, or a
-        tenant's) is created on first use (so a fresh deployment answers with no hits and takes
-        its first documents); others must be created explicitly. Creating needs ``dim``."""
-        name = collection or self.cfg.milvus.collection
+    def _store(self, collection: str | None, dim: int = 0, create: bool | None = None, encoder: str = "") -> ChunkStore:
+        """The loaded store of ``encoder``'s copy of ``collection``. Only a default collection (the
+        server's, or a tenant's) is created on first use (so a fresh deployment answers with no hits
+        and takes its first documents); others must be created explicitly. Creating needs ``dim``."""
+        name = encoded_collection(collection or self.cfg.milvus.collection, encoder)
         with self._lock:
             store = self._stores.get(name)
             if store is None or (dim and store.dim != dim):
@@ -98,7 +98,12 @@ class Searcher:
             fetch = max(req.top_k, self.cfg.precision.candidates) if reorder else req.top_k
 
             def run() -> SearchResult:
-                store = self._store(req.collection, len(req.vector))
+                store = self._store(req.collection, len(req.vector), encoder=req.encoder)
+                if store.encoder_tag is not None and store.encoder_tag != req.encoder:
+                    # Never rank passages of one encoder with a question vector of another.
+                    raise RagServeError(f"collection {store.name!r} holds passages of encoder "
+                                        f"{store.encoder_tag or 'untuned'!r}, the question was embedded by "
+                                        f"{req.encoder or 'untuned'!r}")
                 hits = store.search(req.vector, req.query.lexical_text, fetch, mode, req.filter, req.acl)
                 if reorder:
                     hits = precision.reorder(hits, req.query.key_terms, self.cfg.precision, self.cfg.rrf_k)
@@ -114,12 +119,12 @@ class Searcher:
         return (p.exact_terms and p.exact_term_weight > 0) or p.prefer_newest != "off"
 
     # ------------------------------------------------------------------ documents
-    async def document_state(self, collection: str | None, doc_id: str) -> dict[str, str]:
-        """``{chunk id: version}`` of a stored document (empty when absent, also when the default
-        collection does not exist yet: the first write creates it)."""
+    async def document_state(self, collection: str | None, doc_id: str, encoder: str = "") -> dict[str, str]:
+        """``{chunk id: version}`` of a stored document in ``encoder``'s copy (empty when absent,
+        also when the default collection does not exist yet: the first write creates it)."""
         def run() -> dict[str, str]:
             try:
-                return self._store(collection, create=False).document_state(doc_id)
+                return self._store(collection, create=False, encoder=encoder).document_state(doc_id)
             except NotFoundError:
                 if not is_default_collection(collection or self.cfg.milvus.collection, self.cfg.milvus.collection):
                     raise
@@ -128,24 +133,26 @@ class Searcher:
         return await self._run("query", run)
 
     async def replace_document(self, collection: str | None, doc_id: str, rows: list[dict[str, Any]],
-                               old_ids: list[str]) -> None:
-        """Write a document version in one request (see ``ChunkStore.replace_document``)."""
+                               old_ids: list[str], encoder: str = "") -> None:
+        """Write a document version into ``encoder``'s copy in one request (``ChunkStore.replace_document``)."""
         dim = len(rows[0]["dense"]) if rows else 0
-        await self._run("upsert", lambda: self._store(collection, dim).replace_document(doc_id, rows, old_ids))
+        await self._run("upsert", lambda: self._store(collection, dim, encoder=encoder).replace_document(
+            doc_id, rows, old_ids))
 
-    async def delete_document(self, collection: str | None, doc_id: str) -> int:
-        """Delete a document's chunks; returns how many were deleted."""
-        return await self._run("delete", lambda: self._store(collection, create=False).delete_document(doc_id))
+    async def delete_document(self, collection: str | None, doc_id: str, encoder: str = "") -> int:
+        """Delete a document's chunks from ``encoder``'s copy; returns how many were deleted."""
+        return await self._run("delete", lambda: self._store(collection, create=False, encoder=encoder)
+                               .delete_document(doc_id))
 
     # ------------------------------------------------------------------ collections
     async def collections(self) -> list[dict[str, Any]]:
         """Every ragserve collection with its row count."""
         return await self._run("list", lambda: list_collections(self._connected(), self.cfg.milvus.timeout_s))
 
-    async def create_collection(self, name: str, dim: int) -> bool:
-        """Create (and load) a collection; returns False when it already existed."""
+    async def create_collection(self, name: str, dim: int, encoder: str = "") -> bool:
+        """Create (and load) ``encoder``'s copy of a collection; returns False when it already existed."""
         def run() -> bool:
-            store = ChunkStore(self._connected(), self.cfg, dim, name)
+            store = ChunkStore(self._connected(), self.cfg, dim, encoded_collection(name, encoder))
             created = store.ensure_collection(create=True)
             with self._lock:
                 self._stores[name] = store
@@ -154,11 +161,16 @@ class Searcher:
         return await self._run("create", run)
 
     async def drop_collection(self, name: str) -> bool:
-        """Drop a collection; returns False when there was none."""
+        """Drop a collection, every encoder's copy of it; returns False when there was none."""
         def run() -> bool:
+            client = self._connected()
+            with milvus_errors("list collections", self.cfg.milvus.timeout_s):
+                found = [c for c in client.list_collections(timeout=self.cfg.milvus.timeout_s)
+                         if split_encoded(c)[0] == name]
             with self._lock:
-                self._stores.pop(name, None)
-            return ChunkStore(self._connected(), self.cfg, 0, name).drop()
+                for copy in found:
+                    self._stores.pop(copy, None)
+            return any([ChunkStore(client, self.cfg, 0, copy).drop() for copy in found])
 
         return await self._run("drop", run)
 

@@ -24,7 +24,7 @@ from deployments.errors import (
     ConflictError, DependencyTimeoutError, DependencyUnavailableError, NotFoundError, RagServeError,
 )
 from deployments.protocol.stages import Hit
-from deployments.protocol.types import Filter
+from deployments.protocol.types import Filter, split_encoded
 from deployments.search.filters import LIVE, compile_filter, quote
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 OUTPUT_FIELDS = ["id", "doc_id", "source", "title", "chunk_index", "text", "tags", "created_at", "updated_at",
                  "doc_hash"]
 _VARCHAR_MAX = 65535
+#: A copy's property naming the encoder that embedded it: its tag, or UNTUNED.
+ENCODER_PROPERTY = "ragserve.encoder"
+UNTUNED = "-"
 #: Fields a collection must have to be a ragserve chunk collection of this version (checked
 #: by name: milvus-lite does not keep a collection's description).
 REQUIRED_FIELDS = frozenset({"id", "doc_id", "doc_hash", "live", "tags", "created_at", "updated_at", "text",
@@ -106,6 +109,9 @@ class ChunkStore:
         self.name = name or cfg.milvus.collection
         self.timeout = cfg.milvus.timeout_s
         self.dim = dim
+        #: The tag of the encoder that embedded this copy, as recorded on it (None: not recorded, a
+        #: collection made before copies were tagged); read by ensure_collection.
+        self.encoder_tag: str | None = None
 
     # ------------------------------------------------------------------ schema
     def exists(self) -> bool:
@@ -128,6 +134,9 @@ class ChunkStore:
             else:
                 self._check_schema()
             self.client.load_collection(self.name, timeout=self.timeout)
+            props = self.client.describe_collection(self.name, timeout=self.timeout).get("properties") or {}
+        recorded = props.get(ENCODER_PROPERTY)
+        self.encoder_tag = None if recorded is None else ("" if recorded == UNTUNED else recorded)
         return created
 
     def _check_schema(self) -> None:
@@ -184,7 +193,10 @@ class ChunkStore:
         index.add_index("dense", index_type=self.cfg.index_type, metric_type="IP", params=dense_params)
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         index.add_index("doc_id", index_type="INVERTED")
-        self.client.create_collection(self.name, schema=schema, index_params=index, timeout=self.timeout)
+        # The copy records which encoder embeds it (its name says so too: protocol.types.encoded_collection).
+        tag = split_encoded(self.name)[1] or UNTUNED
+        self.client.create_collection(self.name, schema=schema, index_params=index, timeout=self.timeout,
+                                      properties={ENCODER_PROPERTY: tag})
         log.info("created collection %s (dim=%d, %s)", self.name, self.dim, self.cfg.index_type)
 
     def drop(self) -> bool:

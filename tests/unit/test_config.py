@@ -17,6 +17,7 @@ from deployments.config import (
     AppConfig,
     AutoscalingOptions,
     DeploymentOptions,
+    ENCODER_PRECISIONS,
     load_config,
     load_serve_yaml,
     parse_app_config,
@@ -91,6 +92,9 @@ def test_unknown_fields_are_rejected_by_path(args: dict, path: str) -> None:
             "encoder.deployment.autoscaling",
         ),
         ({"generator": {"deployment": {"max_queued_requests": 0}}}, "generator.deployment.max_queued_requests"),
+        ({"encoder": {"backend": "tensorrt"}}, "encoder.backend"),
+        ({"encoder": {"precision": "fp16"}}, "encoder.precision"),
+        ({"encoder": {"backend": "torch", "precision": "int8"}}, "encoder"),
     ],
 )
 def test_bad_values_are_rejected_by_path(args: dict, path: str) -> None:
@@ -104,6 +108,35 @@ def test_cross_field_errors_explain_themselves() -> None:
         parse_app_config({"ingest": {"chunk_tokens": 64, "chunk_overlap_tokens": 100}})
     with pytest.raises(ConfigError, match="max_replicas must be >= min_replicas"):
         parse_app_config({"search": {"deployment": {"autoscaling": {"min_replicas": 2, "max_replicas": 1}}}})
+
+
+@pytest.mark.parametrize(
+    ("encoder", "message"),
+    [
+        ({"precision": "int8"}, "precision 'int8' is not available with backend 'torch' (it runs fp32)"),
+        ({"backend": "onnx", "precision": "bf16"}, "precision 'bf16' is not available with backend 'onnx' (it runs fp32, int8)"),
+        ({"backend": "openvino", "precision": "int8"}, "with backend 'openvino' (it runs fp32, bf16)"),
+        ({"backend": "openvino", "device": "cuda"}, "backend 'openvino' runs on the CPU only: set device cpu"),
+    ],
+)
+def test_encoder_backend_and_precision_must_fit(encoder: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_app_config({"encoder": encoder})
+    assert message in str(exc.value)
+    assert "encoder:" in str(exc.value)
+
+
+@pytest.mark.parametrize("backend", sorted(ENCODER_PRECISIONS))
+def test_every_encoder_backend_precision_pair_is_accepted(backend: str) -> None:
+    for precision in ENCODER_PRECISIONS[backend]:
+        enc = parse_app_config({"encoder": {"backend": backend, "precision": precision}}).encoder
+        assert (enc.backend, enc.precision) == (backend, precision)
+
+
+def test_the_renamed_encoder_threads_field_is_not_accepted_under_its_old_name() -> None:
+    with pytest.raises(ConfigError, match="encoder.torch_threads"):
+        parse_app_config({"encoder": {"torch_threads": 2}})
+    assert parse_app_config({"encoder": {"threads": 2}}).encoder.threads == 2
 
 
 def test_config_is_immutable() -> None:

@@ -44,8 +44,8 @@ def test_serve_config_declares_the_registry_runtime_env() -> None:
     assert app["runtime_env"] == envs.runtime_env()
 
 
-def test_prepare_local_ray_sets_driver_defaults_and_an_operator_value_wins(monkeypatch) -> None:
-    driver = {v.name: v.value for v in envs.VARS if v.kind == "driver"}
+def test_prepare_local_ray_sets_node_defaults_and_an_operator_value_wins(monkeypatch) -> None:
+    driver = {v.name: v.value for v in envs.VARS if v.kind == "node"}
     assert driver.get("RAY_gcs_server_port_wait_time_s") == "120"
     for name in driver:  # set, then unset: the fixture restores the original state after the test
         monkeypatch.setenv(name, "unset")
@@ -55,3 +55,4 @@ def test_prepare_local_ray_sets_driver_defaults_and_an_operator_value_wins(monke
     monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "7")
     envs.prepare_local_ray()
     assert os.environ["RAY_gcs_server_port_wait_time_s"] == "7"
+    assert envs.node_env()["RAY_gcs_server_port_wait_time_s"] == "7"  # what nodes and pods get, too

@@ -122,11 +122,11 @@ def test_other_ray_errors_and_the_last_try_are_raised(fake_ray) -> None:
 def test_only_a_local_start_gets_the_driver_variables(fake_ray, monkeypatch: pytest.MonkeyPatch) -> None:
     from deployments import envs
 
-    for name in envs.declared("driver"):
+    for name in envs.declared("node"):
         monkeypatch.setenv(name, "unset")  # the fixture restores the original state after the test
         monkeypatch.delenv(name)
     fake_ray(failures=0)
     init_ray("ray://head:10001")  # joining: the cluster's own settings hold
-    assert not any(name in os.environ for name in envs.declared("driver"))
+    assert not any(name in os.environ for name in envs.declared("node"))
     init_ray(None)
     assert os.environ["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] == "1"

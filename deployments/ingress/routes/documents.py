@@ -20,7 +20,7 @@ from deployments.protocol.api import (
     CollectionCreated, CollectionDropped, CollectionInfo, CollectionRequest, CollectionsResponse, DocumentDeleted,
     DocumentsRequest, DocumentsResponse,
 )
-from deployments.protocol.types import COLLECTION_PATTERN, DOC_ID_PATTERN
+from deployments.protocol.types import COLLECTION_PATTERN, DOC_ID_PATTERN, split_encoded
 
 
 def router(p: Pipeline) -> APIRouter:
@@ -54,17 +54,22 @@ def router(p: Pipeline) -> APIRouter:
         """Delete every chunk of a document (404 when it has none)."""
         name = collection or default
         with audited(request, who, f"{name}/{doc_id}"):
-            n = await p.call(search.delete_document.remote(p.collection(who, name), doc_id), "search")
+            n = await p.call(search.delete_document.remote(p.collection(who, name), doc_id, p.encoder_tag), "search")
             if not n:
                 raise NotFoundError(f"document '{doc_id}' is not in collection '{name}'", param="doc_id")
         return DocumentDeleted(id=doc_id, collection=name, deleted_chunks=n)
 
     @r.get("/v1/collections", **operation(response=CollectionsResponse))
     async def list_collections(who: Principal = p.access.requires("query")) -> CollectionsResponse:
-        """The caller's tenant's collections with their row counts."""
+        """The caller's tenant's collections with their row counts (the configured encoder's copy)."""
         found = await p.call(search.collections.remote(), "search")
-        mine = [CollectionInfo(name=n, rows=c["rows"]) for c in found if (n := who.visible(c["name"])) is not None]
-        return CollectionsResponse(collections=mine, default=default)
+        rows: dict[str, int] = {}
+        for c in found:  # one entry per collection, whichever encoders keep copies of it
+            stored, tag = split_encoded(c["name"])
+            if (n := who.visible(stored)) is not None and (n not in rows or tag == p.encoder_tag):
+                rows[n] = c["rows"]
+        return CollectionsResponse(collections=[CollectionInfo(name=n, rows=r) for n, r in sorted(rows.items())],
+                                   default=default)
 
     created = operation(body=CollectionRequest, response=CollectionCreated, status=201, errors=(400, 409, 413))
     created["responses"][200] = {"model": CollectionCreated, "description": "It already existed."}
@@ -74,8 +79,9 @@ def router(p: Pipeline) -> APIRouter:
         """Create a collection (201), or confirm it exists (200)."""
         body = await http.read_json(request, CollectionRequest, max_body)
         with audited(request, who, body.name):
-            dim = (await p.call(p.handles["encoder"].info.remote(), "encoder"))["dim"]
-            made = await p.call(search.create_collection.remote(p.collection(who, body.name), dim), "search")
+            info = await p.call(p.handles["encoder"].info.remote(), "encoder")
+            made = await p.call(search.create_collection.remote(p.collection(who, body.name, "name"), info["dim"],
+                                                                info["encoder"]), "search")
         out = CollectionCreated(name=body.name, created=made)
         return JSONResponse(out.model_dump(), status_code=201 if made else 200)
 
@@ -84,7 +90,7 @@ def router(p: Pipeline) -> APIRouter:
                               who: Principal = p.access.requires("admin")) -> CollectionDropped:
         """Drop a collection and everything in it (404 when missing)."""
         with audited(request, who, name):
-            if not await p.call(search.drop_collection.remote(p.collection(who, name)), "search"):
+            if not await p.call(search.drop_collection.remote(p.collection(who, name, "name")), "search"):
                 raise NotFoundError(f"collection '{name}' does not exist", param="name")
         return CollectionDropped(name=name, dropped=True)
 

@@ -43,7 +43,8 @@ def router(p: Pipeline) -> APIRouter:
         body = await http.read_json(request, RetrieveRequest, max_body)
         got = await p.retrieve(body.question, body, tuple(body.history or ()), who)
         return RetrieveResponse(sources=Source.numbered(got.result.hits), mode=got.result.mode,
-                                query_tokens=list(got.prepared.tokens), search_query=got.search_query)
+                                query_tokens=list(got.prepared.tokens), search_query=got.search_query,
+                                encoder=got.result.encoder)
 
     @r.post("/v1/query", **operation(body=QueryRequest, response=QueryResponse, errors=(400, 404, 413),
                                      stream="`event: sources` (QuerySourcesEvent), `data: {\"delta\"}`..., "
@@ -69,7 +70,7 @@ def router(p: Pipeline) -> APIRouter:
             id=gen.request_id, answer=answer, sources=Source.numbered(got.result.hits), context=context,
             cited=prompt.cited_sources(answer, len(got.result.hits)), grounded_in=p.grounding(answer, got.result.hits),
             finish_reason=out.finish.get(0), usage=Usage.of(out.prompt_tokens, out.completion_tokens),
-            search_query=got.search_query)
+            search_query=got.search_query, encoder=got.result.encoder)
 
     @r.post("/v1/generate", **operation(body=GenerateRequest, response=GenerateResponse, errors=(400, 413),
                                         stream="`data: {\"delta\"}`..., `event: done` (GenerateDoneEvent)",
@@ -97,7 +98,7 @@ async def _query_events(p: Pipeline, request_id: str, got: Retrieval, context: P
                         chunks: AsyncIterator[GenerationChunk]) -> AsyncIterator[str]:
     hits = got.result.hits
     yield http.sse(QuerySourcesEvent(id=request_id, sources=Source.numbered(hits), context=context,
-                                     search_query=got.search_query), event="sources")
+                                     search_query=got.search_query, encoder=got.result.encoder), event="sources")
     parts: list[str] = []
     finish: str | None = None
     async for chunk in chunks:

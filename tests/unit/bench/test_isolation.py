@@ -20,10 +20,11 @@ def test_phases_and_the_noisy_keys_statuses_are_counted() -> None:
         return httpx.Response(200, json={"sources": []})
 
     report = asyncio.run(isolation.run("http://test", "victim", "noisy", 5, 3, rate=200.0,
-                                      transport=httpx.MockTransport(handler)))
-    assert seen["victim"] == 3 + 5 * 3  # warm-up and three phases
+                                      transport=httpx.MockTransport(handler), rounds=2))
+    assert seen["victim"] == 3 + 5 * 5  # warm-up, quiet, then two rounds of noisy + quiet
     v = report["victim"]
-    assert [v[p]["n"] for p in ("before", "during", "after")] == [5, 5, 5]
+    assert [p["kind"] for p in v["phases"]] == ["quiet", "noisy", "quiet", "noisy", "quiet"]
+    assert (v["quiet"]["n"], v["noisy"]["n"]) == (15, 10)
     assert v["p50_ratio_noisy_over_quiet"] > 0
     assert report["noisy_key"]["429"] > 0 and "429 without Retry-After" not in report["noisy_key"]
 
@@ -85,4 +86,4 @@ def test_without_a_transport_the_flood_runs_in_its_own_process() -> None:
         server.shutdown()
     assert pid is not None and pid != os.getpid()
     assert got["429"] and "429 without Retry-After" not in got and got["sent_per_s"]
-    assert report["noisy_key"]["429"] > 0 and report["victim"]["during"]["n"] == 5
+    assert report["noisy_key"]["429"] > 0 and report["victim"]["noisy"]["n"] == 5

@@ -113,3 +113,10 @@ def test_head_deploys_the_prod_serve_config(launcher: dict[str, Any], tmp_path: 
     # The prod overlay was merged: GPU generator, a proxy on every node, reachable from outside the VM.
     assert cfg.generator.deployment.resources.num_gpus == 1
     assert serve["proxy_location"] == "EveryNode" and serve["http_options"]["host"] == "0.0.0.0"
+
+
+def test_every_node_gets_rays_node_settings_before_ray_starts(launcher: dict[str, Any]) -> None:
+    # The Serve proxy (on every node) reads its middleware hook from its own environment.
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in launcher[key] if "ray start" in c)
+        assert start.index('eval "$(python -m deployments.envs)"') < start.index("ray start"), key

@@ -26,9 +26,12 @@ class FakeStore:
     """Returns :data:`RANKED` cut to the asked limit; records each search's limit and mode."""
 
     calls: list[tuple[int, str]] = []
+    names: list[str] = []
+    recorded: str | None = None  # the encoder tag the copy records (None: not recorded)
 
     def __init__(self, client: Any, cfg: SearchConfig, dim: int, name: str | None = None) -> None:
-        self.dim = dim
+        self.dim, self.name, self.encoder_tag = dim, name, FakeStore.recorded
+        FakeStore.names.append(name)
 
     def ensure_collection(self, create: bool = True) -> bool:
         return False
@@ -41,7 +44,7 @@ class FakeStore:
 def searcher(monkeypatch: pytest.MonkeyPatch, precision: PrecisionConfig) -> Any:
     monkeypatch.setattr(deployment, "connect", lambda cfg: object())
     monkeypatch.setattr(deployment, "ChunkStore", FakeStore)
-    FakeStore.calls = []
+    FakeStore.calls, FakeStore.names, FakeStore.recorded = [], [], None
     cfg = SearchConfig(milvus=MilvusConfig(collection="main"), precision=precision)
     return deployment.Searcher.func_or_class(cfg)
 
@@ -80,3 +83,21 @@ def test_both_features_off_is_the_fusion_as_it_comes(monkeypatch: pytest.MonkeyP
     res = asyncio.run(s.search(request("hybrid")))
     assert FakeStore.calls == [(2, "hybrid")]
     assert [h.doc_id for h in res.hits] == ["r340", "other"]
+
+
+def test_a_vector_is_searched_in_its_own_encoders_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = searcher(monkeypatch, PrecisionConfig())
+    tag = "0123456789abcdef"
+    FakeStore.recorded = tag
+    asyncio.run(s.search(request("dense").model_copy(update={"collection": "acme__kb", "encoder": tag})))
+    assert FakeStore.names == [f"acme__kb__enc_{tag}"]
+
+
+def test_a_copy_recording_another_encoder_is_never_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments.errors import RagServeError
+
+    s = searcher(monkeypatch, PrecisionConfig())
+    FakeStore.recorded = "fedcba9876543210"
+    with pytest.raises(RagServeError, match="holds passages of encoder 'fedcba9876543210'") as err:
+        asyncio.run(s.search(request("dense").model_copy(update={"encoder": "0123456789abcdef"})))
+    assert err.value.status == 500 and FakeStore.calls == []
