@@ -64,8 +64,22 @@ def run_faults(injector: Injector, load: Load, faults: Sequence[Fault], timing: 
         log(f"{fault.name}: " + (f"whole again after {whole - killed.at:.1f}s" if whole else
                                  f"NOT whole within {timing.recovery_timeout_s:g}s"))
         time.sleep(timing.settle_s)
+        if whole is not None:
+            settle_until_every_kind_ok(load, killed.at, time.monotonic() + timing.recovery_timeout_s)
         windows.append(Window(fault, start, killed, whole, time.monotonic()))
     return windows
+
+
+def settle_until_every_kind_ok(load: Load, kill: float, deadline: float, poll_s: float = 1.0) -> bool:
+    """Keep the window open until every kind the load sends has succeeded since ``kill`` (or
+    ``deadline``): at a low offered rate a few seconds of settling may hold no request of a rare
+    kind, which would read as that kind never recovering. Returns whether every kind did."""
+    kinds = {k for k, w in load.mix.weights.items() if w > 0}
+    while True:
+        ok = {r.kind for r in list(load.results) if r.ok and r.start >= kill}
+        if kinds <= ok or time.monotonic() >= deadline:
+            return kinds <= ok
+        time.sleep(poll_s)
 
 
 def _since(t: float | None, kill: float) -> float | None:

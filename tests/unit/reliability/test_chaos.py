@@ -8,7 +8,7 @@ import pytest
 from deployments.config import parse_app_config
 from deployments.reliability import chaos
 from deployments.reliability.faults import Fault, Killed, matrix, select
-from deployments.reliability.mix import Result
+from deployments.reliability.mix import Load, Mix, Result
 
 
 def test_matrix_kills_a_replica_of_every_deployed_stage_then_the_platform_and_the_node_last() -> None:
@@ -79,3 +79,13 @@ def test_a_fault_that_could_not_be_injected_fails_and_shows_in_the_table() -> No
     table = chaos.markdown([row, chaos.summarize(_window(), [Result("retrieve", 11.0, 11.1, 200)])])
     assert "not injected: no milvus-lite server" in table
     assert table.count("\n") == 3 and "| search | 1 | 0 |" in table
+
+
+def test_the_window_stays_open_until_every_kind_succeeded_after_the_kill() -> None:
+    load = Load("http://127.0.0.1:1", Mix({"retrieve": 2, "query": 1}), rate=1.0, questions=["q"])
+    load.results += [Result("query", 5.0, 6.0, 200), Result("retrieve", 11.0, 11.1, 200),
+                     Result("query", 12.0, 13.0, 503)]
+    # Only a query before the kill succeeded: not every kind yet, so it waits until the deadline.
+    assert chaos.settle_until_every_kind_ok(load, kill=10.0, deadline=0.0, poll_s=0.0) is False
+    load.results.append(Result("query", 14.0, 15.0, 200))
+    assert chaos.settle_until_every_kind_ok(load, kill=10.0, deadline=float("inf"), poll_s=0.0) is True
