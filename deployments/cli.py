@@ -1,5 +1,5 @@
 """``ragserve`` command line: serve, ingest, ask, status, config, demo, render, keys, bench, eval,
-eval-injection, cluster, tune.
+eval-injection, cluster, chaos, soak, tune.
 
 Every command reads the one config (``--config``, else ``RAGSERVE_CONFIG``, else
 ``cluster/serve_config.yaml``, else the schema defaults).
@@ -31,6 +31,7 @@ from deployments.errors import RagServeError
 from deployments import keys as keys_command
 from deployments.evaluation import command as eval_command
 from deployments.evaluation import injection as injection_command
+from deployments.reliability import command as reliability_command
 from deployments.render import command as render_command
 from deployments.tune import command as tune_command
 from deployments.stack import LocalStack
@@ -210,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_demo)
     bench_command.add_parser(sub)
     localcluster.add_parser(sub)
+    reliability_command.add_parsers(sub)
     eval_command.add_parser(sub)
     injection_command.add_parser(sub)
     render_command.add_parser(sub)

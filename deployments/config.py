@@ -479,6 +479,16 @@ class IngressConfig(_Strict):
     """The HTTP front door."""
 
     request_timeout_s: float = Field(60.0, gt=0, description="Timeout of a retrieval-only call.")
+    retrieve_budget_s: float | None = Field(
+        1.0, gt=0,
+        description="Longest estimated latency a retrieval (preprocess, encoder, search, rerank; of /v1/retrieve, "
+        "/v1/query and chat with retrieval) is admitted with: (retrievals in flight in this ingress replica + 1) "
+        "x the stages' time per retrieval measured on this machine (deployments/ingress/admission.py). Beyond it "
+        "the request gets 503 + Retry-After at once instead of waiting in the retrieval stages' Serve queues "
+        "(their max_queued_requests stays -1: this bounds what an ingress replica queues there to about budget / "
+        "time per retrieval, counted in time rather than requests, and leaves room for readiness calls). A lone "
+        "retrieval is always admitted. None: no admission (every retrieval waits its turn).",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies get 413.")
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=128)
 

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated, of {','.join(load.TARGETS)}")
     s.add_argument("--mode", choices=("closed", "open", "overload", "encoder-backends"), default="closed",
                    help="overload: capacity (closed loop), then open loop at --multiples of it, with "
-                   "rejections, Retry-After and the admitted p50/p99 against generator.ttft_budget_s; "
+                   "rejections, Retry-After and the admitted p50/p99 against the budget (generation: "
+                   "generator.ttft_budget_s; retrieval: ingress.retrieve_budget_s); "
                    "encoder-backends: every encoder.backend/precision against torch in this process (texts/s at "
                    "concurrency 1 and 32, agreement), with --serve through Serve and --eval their nDCG@10")
     s.add_argument("--concurrency", help="closed loop: concurrency sweep (default 1,2,4,8,16,32); overload: the "
@@ -80,15 +81,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_overload(args: argparse.Namespace, cfg: AppConfig, targets: list[str]) -> int:
     """``--mode overload``: print the table and write ``overload.json``; exit 1 when an admitted
     p99 is over the budget, or a rejection lacks Retry-After or the error shape."""
-    extra = {"machine": machine(args.url), "budget_s": cfg.generator.ttft_budget_s,
-             "command": " ".join(["ragserve", *sys.argv[1:]])}
-    print(f"budget: generator.ttft_budget_s = {cfg.generator.ttft_budget_s:g}s (time to first token of an admitted "
-          "generation; a retrieval's whole latency)")
+    budgets = overload.budgets(cfg)
+    extra = {"machine": machine(args.url), "budgets_s": budgets, "command": " ".join(["ragserve", *sys.argv[1:]])}
+    for target in targets:
+        print(f"budget of {target}: {overload.BUDGET_FIELDS[target]} = {budgets[target]:g}s "
+              f"({'whole latency of an admitted retrieval' if target == 'retrieve' else 'time to first token'})")
     concurrencies = [int(x) for x in (args.concurrency or "4,8,16").split(",")]
     multiples = [float(x) for x in args.multiples.split(",")]
     print(overload.HEADER)
     results = overload.run(args.url, targets, multiples, concurrencies, args.duration, args.max_requests,
-                           args.max_tokens, cfg.generator.ttft_budget_s, runner.sample_questions())
+                           args.max_tokens, budgets, runner.sample_questions())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "overload.json"

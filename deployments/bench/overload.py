@@ -11,8 +11,9 @@ For each target, against a running app:
 Per step it reports offered vs admitted (200) vs rejected (by status), whether every rejection
 carried ``Retry-After`` and the one error shape, how long a rejection took (it should be
 immediate), and p50/p99 of the admitted requests (latency to the last byte, and time to first
-token for generation) against the configured budget (``generator.ttft_budget_s``: the longest
-estimated time to first token a generation is admitted with).
+token for generation) against the configured budget: ``generator.ttft_budget_s`` for generation
+(the longest estimated time to first token a generation is admitted with), ``ingress.retrieve_budget_s``
+for retrieval (the longest estimated latency a retrieval is admitted with).
 """
 
 from __future__ import annotations
@@ -228,8 +229,21 @@ async def idle_probes(url: str, seconds: float) -> dict[str, dict[str, Any]]:
     return {p.route: p.summary() for p in probes}
 
 
+#: The config field holding each target's budget.
+BUDGET_FIELDS = {"retrieve": "ingress.retrieve_budget_s", "query": "generator.ttft_budget_s",
+                 "generate": "generator.ttft_budget_s"}
+
+
+def budgets(cfg: Any) -> dict[str, float]:
+    """Each target's budget from an :class:`~deployments.config.AppConfig`: a retrieval's whole
+    latency (``ingress.retrieve_budget_s``; no admission: ``inf``), a generation's time to first token."""
+    retrieve = cfg.ingress.retrieve_budget_s
+    return {"retrieve": math.inf if retrieve is None else retrieve, "query": cfg.generator.ttft_budget_s,
+            "generate": cfg.generator.ttft_budget_s}
+
+
 def run(url: str, targets: Sequence[str], multiples: Sequence[float], concurrencies: Sequence[int],
-        duration_s: float, max_requests: int, max_tokens: int, budget_s: float,
+        duration_s: float, max_requests: int, max_tokens: int, budgets_s: dict[str, float],
         questions: Sequence[str]) -> list[dict[str, Any]]:
     """Capacity then the overload steps, per target; printed as they finish, returned for the report."""
     idle = asyncio.run(idle_probes(url, min(duration_s, 10.0)))
@@ -242,7 +256,8 @@ def run(url: str, targets: Sequence[str], multiples: Sequence[float], concurrenc
         cap, by_c = asyncio.run(capacity(url, call, concurrencies, duration_s, max_requests))
         steps = []
         for i, m in enumerate(multiples):
-            step = asyncio.run(overload_step(url, target, call, m, m * cap, duration_s, max_requests, budget_s, i))
+            step = asyncio.run(overload_step(url, target, call, m, m * cap, duration_s, max_requests,
+                                             budgets_s[target], i))
             print(format_step(step), flush=True)
             steps.append(asdict(step))
         out.append({"target": target, "capacity_rps": cap, "capacity_by_concurrency": by_c, "steps": steps})

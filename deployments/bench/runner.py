@@ -140,8 +140,9 @@ def write_report(results: Sequence[StepResult], out_dir: Path, extra: dict | Non
 
 
 def no_nan(x: object) -> object:
-    """NaN (no data, e.g. TTFT of a retrieval step) as JSON null: NaN is not valid JSON."""
-    if isinstance(x, float) and math.isnan(x):
+    """NaN (no data, e.g. TTFT of a retrieval step) and infinity (no budget) as JSON null: neither is
+    valid JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
         return {k: no_nan(v) for k, v in x.items()}

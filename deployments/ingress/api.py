@@ -11,6 +11,10 @@ from deployments.ingress import http, openapi
 from deployments.ingress.pipeline import Pipeline
 from deployments.ingress.routes import ROUTERS
 
+#: Routes whose first step is a retrieval: refused before any work when the retrieval admission
+#: would refuse them (``http.SheddingMiddleware``).
+SHED_PATHS = ("/v1/retrieve", "/v1/query")
+
 DESCRIPTION = (
     "Retrieval-augmented generation on Ray Serve: questions are answered from passages retrieved from "
     "Milvus (dense + BM25 hybrid) by a vLLM engine, citing them. ragserve's own routes, an OpenAI-compatible "
@@ -24,11 +28,17 @@ def build_api(pipeline: Pipeline) -> FastAPI:
     from deployments import __version__
 
     app = FastAPI(title="ragserve", version=__version__, description=DESCRIPTION)
-    app.add_middleware(http.IngressMiddleware)
     app.add_exception_handler(RagServeError, lambda request, exc: http.error_response(exc, request))
     app.add_exception_handler(StarletteHTTPException, http.http_exception_handler)
     app.add_exception_handler(RequestValidationError, http.request_validation_handler)
     for module in ROUTERS:
         app.include_router(module.router(pipeline))
+    # The last added is the outermost: the request id and metrics see every refusal too. Before
+    # all of these, Serve's proxy runs its own (gate.proxy_middlewares: repeats of a key just refused
+    # for its rate). The shedding stays here, not in the proxy: it needs this replica's in-flight
+    # retrievals and measured service time.
+    shed = {r.path: r for r in app.router.routes if getattr(r, "path", None) in SHED_PATHS}
+    app.add_middleware(http.SheddingMiddleware, admission=pipeline.admission, routes=shed)
+    app.add_middleware(http.IngressMiddleware)
     openapi.install(app)
     return app

@@ -218,6 +218,32 @@ class IngressMiddleware:
                 metrics.inc("rag_tenant_requests_total", tenant=tenant, route=label, code=str(code))
 
 
+class SheddingMiddleware:
+    """Refuses a request to a retrieval route at once, with the admission's 503, when the retrieval
+    admission (``deployments/ingress/admission.py``) would refuse it: before routing, the key check
+    and reading the body, which Serve fetches from the proxy with one more call. A refusal then
+    costs the ingress (whose one event loop is the first thing a flood saturates) as little as it
+    can; the requests let through are still admitted, or refused, by the pipeline itself.
+
+    Args:
+        app: the app it wraps.
+        admission: the pipeline's retrieval admission.
+        routes: the routes it guards, by path (each one's route object labels its metrics).
+    """
+
+    def __init__(self, app: ASGIApp, admission: Any, routes: dict[str, Any]) -> None:
+        self.app, self.admission, self.routes = app, admission, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        err = self.admission.refusal() if route is not None and scope.get("method") == "POST" else None
+        if err is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        await error_response(err)(scope, receive, send)
+
+
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI/Starlette-level errors (e.g. 404 route, 405 method) in the one error shape, with
     the exception's own headers (a 405 must say ``Allow``, RFC 9110 15.5.6)."""

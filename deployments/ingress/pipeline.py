@@ -19,6 +19,7 @@ from deployments.errors import DependencyTimeoutError, OverloadedError
 from deployments.generator import prompt
 from deployments.ingress import http
 from deployments.ingress.access import Access
+from deployments.ingress.admission import RetrievalAdmission
 from deployments.ingress.auth import OPEN, Principal
 from deployments.ingress.cache import RetrievalCache
 from deployments.preprocess import text as analysis
@@ -114,6 +115,7 @@ class Pipeline:
         self.access = access or Access(cfg.auth)
         self.timeout = cfg.ingress.request_timeout_s
         self.cache = RetrievalCache(cfg) if cfg.search.cache.enabled else None
+        self.admission = RetrievalAdmission(cfg.ingress.retrieve_budget_s)
         #: The configured encoder's tag: whose copy of a collection this replica deletes from and
         #: lists (writes and searches follow the encoder replica that embedded them).
         self.encoder_tag = encoder_tag(cfg.encoder.model)
@@ -190,6 +192,13 @@ class Pipeline:
 
     async def _search(self, text: str, where: RetrievalFields,
                       who: Principal) -> tuple[PreparedQuery, SearchResult]:
+        # Admitted against the latency budget first: past it the answer is an immediate 503, not
+        # a wait in the stages' queues (deployments/ingress/admission.py).
+        with self.admission.admitted():
+            return await self._search_stages(text, where, who)
+
+    async def _search_stages(self, text: str, where: RetrievalFields,
+                             who: Principal) -> tuple[PreparedQuery, SearchResult]:
         # Preprocess and encoder run concurrently: the encoder's input is the normalised question,
         # which is cheap and deterministic, so the critical path saves a whole stage hop. Only
         # questions within the length limit are sent ahead; preprocess still validates them all.

@@ -79,12 +79,17 @@ def deploy_app(state: ClusterState, serve_yaml: dict[str, Any], timeout_s: float
     return state
 
 
-def snapshot(state: ClusterState) -> dict[str, Any]:
-    """Nodes (process vs Ray's view) and the app's replicas with their nodes; needs a connected driver.
+def snapshot(state: ClusterState, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Nodes (process vs Ray's view), the app's replicas with their nodes and actor ids, and the
+    proxies; needs a connected driver.
 
     ``settled`` is true when Ray's view agrees with the processes (a node whose process is gone is
     reported dead), the app is RUNNING and every deployment is HEALTHY with its target number of
     RUNNING replicas, all on live nodes.
+
+    Raises:
+        ray.exceptions.GetTimeoutError: the Serve controller did not answer within ``timeout_s``
+            (it is down or restarting); other Ray errors while it is unreachable.
     """
     import ray
     from ray.serve import context
@@ -102,7 +107,7 @@ def snapshot(state: ClusterState) -> dict[str, Any]:
     names = {node["node_id"]: node["name"] for node in nodes}
     # The controller's instance details (what the dashboard's Serve API returns), reached without the
     # dashboard: the only Serve API that says on which node each replica runs.
-    details = context._connect().get_serve_details()
+    details = ray.get(context._connect()._controller.get_serve_instance_details.remote(), timeout=timeout_s)
     app = (details.get("applications") or {}).get(state.app_name or "ragserve", {})
     deployments, healthy = {}, app.get("status") == "RUNNING"
     for name, d in (app.get("deployments") or {}).items():
@@ -110,11 +115,14 @@ def snapshot(state: ClusterState) -> dict[str, Any]:
         deployments[name] = {"status": d["status"], "message": d.get("message", ""),
                              "target": d["target_num_replicas"],
                              "replicas": {r["replica_id"]: {"state": r["state"],
-                                                            "node": names.get(r.get("node_id"), r.get("node_id"))}
+                                                            "node": names.get(r.get("node_id"), r.get("node_id")),
+                                                            "actor_id": r.get("actor_id")}
                                           for r in d["replicas"]}}
         healthy &= (d["status"] == "HEALTHY" and len(running) == d["target_num_replicas"]
                     and all(r.get("node_id") in alive_ids for r in running))
-    return {"nodes": nodes, "app_status": app.get("status"), "deployments": deployments,
+    proxies = {names.get(node_id, node_id): {"status": p.get("status"), "actor_id": p.get("actor_id")}
+               for node_id, p in (details.get("proxies") or {}).items()}
+    return {"nodes": nodes, "app_status": app.get("status"), "deployments": deployments, "proxies": proxies,
             "settled": bool(agree and healthy)}
 
 

@@ -53,3 +53,12 @@ def test_step_without_admitted_requests_has_no_verdict_and_formats() -> None:
     assert s.within_budget is None and math.isnan(s.admitted_p99_ms)
     line = format_step(s)
     assert "503:1" in line and " - " in line
+
+
+def test_each_target_is_judged_against_its_own_budget() -> None:
+    from deployments.bench.overload import budgets
+    from deployments.config import parse_app_config
+
+    b = budgets(parse_app_config({"ingress": {"retrieve_budget_s": 0.5}, "generator": {"ttft_budget_s": 30}}))
+    assert b == {"retrieve": 0.5, "query": 30.0, "generate": 30.0}
+    assert budgets(parse_app_config({"ingress": {"retrieve_budget_s": None}}))["retrieve"] == math.inf

@@ -1,0 +1,122 @@
+"""Admission of retrievals against a latency budget (``ingress.retrieve_budget_s``).
+
+A retrieval (preprocess, encoder, search, optional rerank) shares the retrieval stages, and the
+CPUs under them, with the retrievals already in flight. By Little's law its latency is about
+``(retrievals in flight + 1) x s``, where ``s`` is the time the stages need per retrieval at the
+current parallelism (1 / their service rate). ``s`` is measured, not configured: each finished
+retrieval contributes ``latency / (mean number in flight during its life)``, which is its
+latency when it ran alone and shrinks as concurrent retrievals overlap in the pipeline, so the
+estimate follows the machine (a slow CPU, a generation sharing the cores) without a fixed rate.
+``s`` is the median of the last :data:`SAMPLES` contributions: one outlier (the first retrieval
+of a fresh replica, which loads its tokenizers and Milvus collection) must not make the estimate
+refuse concurrent retrievals until many lone ones have averaged it away.
+
+A retrieval whose estimate exceeds the budget is refused at once with 503 + ``Retry-After``
+instead of waiting in the stages' Serve queues, so the retrievals admitted keep their latency;
+a lone retrieval is always admitted, however slow the machine. This bounds what this ingress
+replica can queue at the retrieval stages to about ``budget / s`` retrievals.
+
+Pure bookkeeping with an injectable clock (unit-tested with hand-computed values).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from deployments.errors import OverloadedError
+
+#: Service-time contributions the estimate is the median of.
+SAMPLES = 16
+
+
+@dataclass
+class _Ticket:
+    """One admitted retrieval: when it started and the in-flight area already accumulated."""
+
+    start: float
+    area: float
+
+
+class RetrievalAdmission:
+    """Retrievals in flight in this ingress replica, their measured service time, and the budget.
+
+    Args:
+        budget_s: the longest estimated latency a retrieval is admitted with (None: admit all).
+        samples: how many recent service-time contributions the estimate is the median of.
+        clock: monotonic seconds (injected by the tests).
+    """
+
+    def __init__(self, budget_s: float | None, samples: int = SAMPLES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_s = budget_s
+        self.clock = clock
+        self.in_flight = 0
+        self.recent: deque[float] = deque(maxlen=samples)
+        self._area = 0.0  # integral of in_flight over time: the mean in flight over any interval
+        self._t = clock()
+
+    @property
+    def service_s(self) -> float | None:
+        """Time per retrieval at the observed parallelism (None until one was measured)."""
+        return statistics.median(self.recent) if self.recent else None
+
+    def _advance(self) -> float:
+        now = self.clock()
+        self._area += self.in_flight * (now - self._t)
+        self._t = now
+        return now
+
+    def estimate_s(self) -> float:
+        """Estimated latency of a retrieval admitted now (0 before the first measurement)."""
+        return (self.in_flight + 1) * (self.service_s or 0.0)
+
+    def refusal(self) -> OverloadedError | None:
+        """The error a retrieval arriving now is refused with, or None when it would be admitted:
+        refused when the estimate exceeds the budget while others are in flight (503, Retry-After
+        = the time the excess needs to drain, at least 1 s)."""
+        est = self.estimate_s()
+        if self.budget_s is None or self.in_flight == 0 or est <= self.budget_s:
+            return None
+        return OverloadedError(
+            f"retrieval queue is full: about {est * 1000:.0f} ms for {self.in_flight} retrievals in flight "
+            f"exceeds the budget of {self.budget_s:g}s (ingress.retrieve_budget_s)",
+            retry_after_s=math.ceil(max(1.0, est - self.budget_s)))
+
+    def admit(self) -> _Ticket:
+        """Admit a retrieval, or refuse it.
+
+        Raises:
+            OverloadedError: :meth:`refusal` says so.
+        """
+        now = self._advance()
+        if (err := self.refusal()) is not None:
+            raise err
+        self.in_flight += 1
+        return _Ticket(now, self._area)
+
+    def done(self, ticket: _Ticket, measured: bool = True) -> None:
+        """A retrieval ended; a successful one (``measured``) updates the service time."""
+        now = self._advance()
+        self.in_flight -= 1
+        elapsed, area = now - ticket.start, self._area - ticket.area
+        if not measured or elapsed <= 0 or area <= 0:
+            return
+        self.recent.append(elapsed * elapsed / area)  # latency / mean in flight during it
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Admit (or raise :class:`OverloadedError`) for the duration of the block; only a block
+        that ends without an error is a service-time sample (a fast failure is not service)."""
+        ticket = self.admit()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.done(ticket, measured=ok)

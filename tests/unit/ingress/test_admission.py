@@ -1,0 +1,150 @@
+"""Retrieval admission (``deployments/ingress/admission.py``) on a hand-driven clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.errors import OverloadedError
+from deployments.ingress.admission import RetrievalAdmission
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_lone_retrieval_measures_its_latency_as_the_service_time() -> None:
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=1.0, clock=clock)
+    assert a.estimate_s() == 0.0  # nothing measured yet
+    t = a.admit()
+    clock.t += 0.08
+    a.done(t)
+    assert a.service_s == pytest.approx(0.08)
+    assert a.in_flight == 0 and a.estimate_s() == pytest.approx(0.08)
+
+
+def test_overlapping_retrievals_measure_latency_over_mean_parallelism() -> None:
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=10.0, samples=1, clock=clock)
+    first = a.admit()
+    clock.t += 0.1
+    second = a.admit()  # from here two are in flight
+    clock.t += 0.1
+    a.done(first)  # 0.2 s with 1 then 2 in flight: mean 1.5, so 0.2 / 1.5
+    assert a.service_s == pytest.approx(0.2 / 1.5)
+    clock.t += 0.1
+    a.done(second)  # 0.2 s with 2 then 1 in flight: mean 1.5 again
+    assert a.service_s == pytest.approx(0.2 / 1.5)
+
+
+def test_past_the_budget_is_a_503_with_retry_after_and_nothing_admitted() -> None:
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=0.25, clock=clock)
+    a.recent.append(0.1)
+    tickets = [a.admit(), a.admit()]  # estimates 0.1 and 0.2 s: admitted
+    with pytest.raises(OverloadedError) as err:
+        a.admit()  # 3 x 0.1 = 0.3 s > 0.25 s
+    assert err.value.status == 503 and err.value.retry_after_s == 1
+    assert "ingress.retrieve_budget_s" in err.value.message
+    assert a.in_flight == 2
+    a.done(tickets[0], measured=False)
+    a.admit()  # room again
+
+
+def test_a_lone_retrieval_is_admitted_whatever_the_estimate() -> None:
+    a = RetrievalAdmission(budget_s=0.01, clock=Clock())
+    a.recent.append(5.0)
+    a.admit()
+    assert a.in_flight == 1
+
+
+def test_no_budget_admits_everything() -> None:
+    a = RetrievalAdmission(budget_s=None, clock=Clock())
+    a.recent.append(5.0)
+    for _ in range(100):
+        a.admit()
+    assert a.in_flight == 100
+
+
+def test_a_failed_block_frees_its_slot_without_a_sample() -> None:
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=1.0, clock=clock)
+    with pytest.raises(RuntimeError), a.admitted():
+        clock.t += 3.0
+        raise RuntimeError("milvus down")
+    assert a.in_flight == 0 and a.service_s is None
+    with a.admitted():
+        clock.t += 0.05
+    assert a.service_s == pytest.approx(0.05)
+
+
+def test_one_slow_first_retrieval_does_not_set_the_estimate() -> None:
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=1.0, clock=clock)
+    for latency in (3.0, 0.08, 0.09):  # a fresh replica's first call loads its models
+        t = a.admit()
+        clock.t += latency
+        a.done(t)
+    assert a.service_s == pytest.approx(0.09)
+    assert [a.admit() for _ in range(5)]  # five in flight: about 0.45 s, within the budget
+
+
+# --------------------------------------------------------------------------- the middleware
+def _call(middleware, path: str, method: str = "POST") -> tuple[list[dict], bool, dict]:
+    import asyncio
+
+    reached: list[bool] = []
+    sent: list[dict] = []
+    scope = {"type": "http", "path": path, "method": method, "headers": []}
+
+    async def inner(scope, receive, send) -> None:
+        reached.append(True)
+
+    async def receive() -> dict:
+        raise AssertionError("the body must not be read")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    middleware.app = inner
+    asyncio.run(middleware(scope, receive, send))
+    return sent, bool(reached), scope
+
+
+def test_the_middleware_refuses_a_retrieval_route_before_reading_its_body() -> None:
+    import json
+
+    from deployments.ingress.http import SheddingMiddleware
+
+    a = RetrievalAdmission(budget_s=1.0, clock=Clock())
+    a.recent.append(0.6)
+    route = object()
+    mw = SheddingMiddleware(None, a, {"/v1/retrieve": route})
+    assert _call(mw, "/v1/retrieve")[1]  # nothing in flight: passed on
+    a.admit()  # one in flight: the next is estimated at 1.2 s > 1 s
+    sent, reached, scope = _call(mw, "/v1/retrieve")
+    assert not reached and scope["route"] is route  # the metrics label the route
+    start, body = sent[0], json.loads(sent[1]["body"])
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert body["error"]["type"] == "overloaded_error" and body["error"]["code"] == 503
+    assert _call(mw, "/healthz", "GET")[1] and _call(mw, "/v1/retrieve", "GET")[1]  # other routes pass
+
+
+def test_the_app_guards_the_retrieval_routes_with_the_pipelines_admission() -> None:
+    from deployments.config import parse_app_config
+    from deployments.ingress.api import SHED_PATHS, build_api
+    from deployments.ingress.http import IngressMiddleware, SheddingMiddleware
+    from deployments.ingress.pipeline import Pipeline
+
+    handles = {name: object() for name in ("preprocess", "encoder", "search", "generator")}  # never called
+    pipeline = Pipeline(handles, parse_app_config({}))
+    app = build_api(pipeline)
+    stack = [m for m in app.user_middleware]
+    assert [m.cls for m in stack] == [IngressMiddleware, SheddingMiddleware]  # the outermost first
+    shed = stack[1].kwargs
+    assert shed["admission"] is pipeline.admission
+    assert sorted(shed["routes"]) == sorted(SHED_PATHS)  # every guarded path is a real route
