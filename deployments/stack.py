@@ -43,19 +43,30 @@ LOCAL_RAY_TRIES = 3
 _NODE_START_TIMEOUT = "timed out during startup"
 
 
-def init_ray(address: str | None, **kwargs: Any) -> None:
+def init_ray(address: str | None, found_here: bool = False, **kwargs: Any) -> None:
     """``ray.init`` with ragserve's driver environment; a local start that misses Ray's fixed
     raylet-registration wait is retried, after stopping every process that try started.
 
     Args:
         address: a cluster to join (tried once: a failure there is not about this machine's
             load), or None to start a local Ray.
+        found_here: ``address`` is a cluster found running on this machine
+            (:func:`ray_address_serving`): authenticate as Ray does for one its ``address="auto"``
+            finds, with the token a local start left (Ray 2.60 sends its token to an explicit
+            address only when ``RAY_AUTH_MODE=token`` says so, and a local ``ray.init`` enables
+            token auth by default).
         kwargs: passed to ``ray.init``.
     """
     import psutil
     import ray
 
     if address is not None:
+        if found_here:
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         ray.init(address=address, **kwargs)  # the cluster's own settings hold: no driver variables
         return
     envs.prepare_local_ray()

@@ -136,11 +136,12 @@ def _on_ray(args: argparse.Namespace, cfg: AppConfig, refs: list, way: routing.R
     from deployments.ingest import bulk
     from deployments.stack import init_ray
 
-    init_ray(way.address, include_dashboard=False, logging_level=logging.WARNING,
+    beside_app = way.kind == "join" and not args.address  # the server's cluster: its replicas come first
+    init_ray(way.address, found_here=beside_app, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env=envs.runtime_env(passthrough=True))
     try:
         shape = None
-        if way.kind == "join" and not args.address:  # the server's cluster: its replicas come first
+        if beside_app:
             free = ray.available_resources().get("CPU", 0.0) - bulk.app_headroom_cpus(cfg)
             shape = bulk.fit(free, cfg.ingest)
             if shape is None:

@@ -183,3 +183,13 @@ def test_a_port_not_served_by_ray_names_no_cluster() -> None:
     finally:
         _stop(proc)
     assert ray_address_serving(port) is None  # nothing listens any more
+
+
+def test_rays_rule_for_a_cluster_found_here_is_still_there() -> None:
+    """init_ray(found_here=True) authenticates as Ray does for a cluster its "auto" finds, through
+    this private function of Ray 2.60: an upgrade that drops it must fail here, not in a join."""
+    import inspect
+
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    assert "warn_if_disabled" in inspect.signature(maybe_enable_token_auth_if_token_available).parameters
