@@ -40,7 +40,8 @@ def make_data(args: argparse.Namespace, cfg: AppConfig) -> Path:
     if args.heldout_set:
         heldout += data.heldout_from_evalset(None if args.heldout_set == BUNDLED else Path(args.heldout_set))
     opts = synth.SynthOptions(per_chunk=args.per_chunk, max_chunks=args.max_chunks, seed=args.seed,
-                              languages=tuple(cfg.search.dense_languages), concurrency=args.concurrency)
+                              languages=tuple(cfg.search.dense_languages), concurrency=args.concurrency,
+                              negatives_from="hybrid" if args.kind == "reranker" else "dense")
     pairs, stats = asyncio.run(_pairs(args, name, chunks, train_labelled, opts))
     meta = {"collection": name, "tenant": args.tenant or "", "seed": args.seed, "steps": stats,
             "synthetic_options": {k: v for k, v in vars(opts).items()}}

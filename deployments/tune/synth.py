@@ -7,7 +7,8 @@
 * **Positives and hard negatives**: the current encoder's own ranking (``mode: dense``) gives, for
   each question, the best chunk of its document (a labelled question names a document, not a
   chunk) and the chunks of other documents it ranks highest: the mistakes a better encoder must
-  stop making.
+  stop making. A reranker reorders the hybrid search's candidates, so its negatives come from
+  that ranking (``negatives_from: hybrid``), where near-duplicates of the answer rank highest.
 
 Everything goes through the server like any client's requests (keys, tenants and limits apply),
 so what is mined is what the server really ranks.
@@ -48,6 +49,7 @@ class SynthOptions:
     temperature: float = 0.8
     keep_top_k: int = 5  # the lexical round trip: own chunk within this rank
     negatives: int = 3
+    negatives_from: str = "dense"  # the ranking mined for hard negatives: dense (the encoder's) or hybrid
     concurrency: int = 8
     seed: int = 0
     retries: int = 3
@@ -129,7 +131,7 @@ async def with_negatives(client: httpx.AsyncClient, collection: str, questions: 
 
     async def one(item: tuple[str, str, str | None]) -> Pair | None:
         question, doc_id, positive = item
-        hits = await retrieve(client, collection, question, "dense", depth, opts.retries)
+        hits = await retrieve(client, collection, question, opts.negatives_from, depth, opts.retries)
         if positive is None:
             positive = next((h["id"] for h in hits if h["doc_id"] == doc_id), None)
         if positive is None:
