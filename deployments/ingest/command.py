@@ -76,7 +76,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(f"ingest: {way.reason}", file=sys.stderr)
     if way.kind == "api":
         reports, rows = _through_api(args, cfg, refs, server, key)
-        name = args.collection or cfg.search.milvus.collection
+        name = cfg.search.milvus.collection
     else:
         reports, rows, name = _in_pipeline(args, cfg, refs, way, batch, server, tenant, key)
     for r in reports:
@@ -93,7 +93,9 @@ def _through_api(args: argparse.Namespace, cfg: AppConfig, refs: list, server: r
     from deployments.ingest import upload
 
     assert server is not None
-    return upload.run(refs, cfg, server.url, key, args.collection, progress=not args.quiet)
+    # The collection the config names (``--collection`` is in it), not the server's default: the
+    # pipeline writes that one, and a config may name another collection than the server's.
+    return upload.run(refs, cfg, server.url, key, cfg.search.milvus.collection, progress=not args.quiet)
 
 
 def _in_pipeline(args: argparse.Namespace, cfg: AppConfig, refs: list, way: routing.Route, batch: routing.Batch,
