@@ -95,17 +95,21 @@ def run(url: str, config: Path | None, sizes: Sequence[int], ways: Sequence[str]
         timeout_s: float = 1800) -> list[dict[str, Any]]:
     """Every way at every size, back to back; each collection dropped after its run."""
     config = Path(config or DEFAULT_CONFIG_PATH)
-    rows = []
+    rows, run_id = [], f"{int(time.time())}"
     with tempfile.TemporaryDirectory(prefix="ragserve-ingest-bench-") as tmp, httpx.Client(base_url=url) as client:
         moved = elsewhere(config, Path(tmp) / "serve_config.elsewhere.yaml")
         for n in sizes:
             corpus = write_corpus(Path(tmp) / f"corpus{n}", n)
             for way in ways:
-                collection = f"bench_ingest_{way.replace('-', '_')}_{n}"
-                client.delete(f"/v1/collections/{collection}")  # a leftover of an interrupted run
+                # A name of this run only: a collection an interrupted run left behind would hold
+                # these very documents, and they would be found unchanged rather than written.
+                collection = f"bench_ingest_{way.replace('-', '_')}_{n}_{run_id}"
                 row = {"documents": n, **ingest_once(moved if way == "own-ray" else config, way, corpus,
                                                      collection, timeout_s)}
-                client.delete(f"/v1/collections/{collection}")
+                dropped = client.delete(f"/v1/collections/{collection}", timeout=60)
+                if dropped.status_code != 200:
+                    print(f"warning: {collection} not dropped ({dropped.status_code}: {dropped.text[:200]})",
+                          file=sys.stderr)
                 rows.append(row)
                 print(format_row(row), flush=True)
     return rows
