@@ -57,6 +57,7 @@ class Server:
         writable: it is open, or this process has a key to send (``RAGSERVE_API_KEY``).
         ray_address: the GCS address of the Ray cluster serving it, when it runs on this machine.
         dim: the vector dimension of its encoder (from ``/readyz``).
+        encoder: the tag of its live encoder (from ``/readyz``; ``protocol.types.encoder_tag``).
     """
 
     url: str
@@ -64,6 +65,7 @@ class Server:
     writable: bool
     ray_address: str | None = None
     dim: int | None = None
+    encoder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,19 @@ def api_refusal(server: Server | None, batch: Batch, max_body_bytes: int) -> str
     return None
 
 
+def encoder_refusal(server: Server, cfg: AppConfig) -> str | None:
+    """Why the pipeline may not run beside this server (None: it may): the server's live encoder is
+    not the config's. The pipeline's actors embed with the config's encoder into that encoder's
+    copy of the collection; the API writes with the server's own."""
+    from deployments.protocol.types import encoder_tag
+
+    mine = encoder_tag(cfg.encoder.model)
+    if server.encoder is None or server.encoder == mine:
+        return None
+    return (f"the server's live encoder ({server.encoder or 'untuned'}) is not the config's "
+            f"({mine or 'untuned'}, encoder.model)")
+
+
 def decide(batch: Batch, server: Server | None, cfg: AppConfig, *, local: bool = False, address: str | None = None,
            via: Via | None = None, cluster_full: bool = False) -> Route:
     """The way to ingest ``batch``.
@@ -136,9 +151,14 @@ def decide(batch: Batch, server: Server | None, cfg: AppConfig, *, local: bool =
             raise ConfigError(f"--via api: {refusal}")
         return Route("api", f"--via api: POST /v1/documents of {server.url}")  # type: ignore[union-attr]
     if via == "cluster":
-        return _cluster(server, cluster_full, "--via cluster")
+        return _cluster(server, cluster_full, "--via cluster", cfg)
     if server is None:
         return Route("start", f"{refusal}: the bulk pipeline on a local Ray of its own")
+    other_encoder = encoder_refusal(server, cfg)
+    if other_encoder:
+        if refusal:
+            raise ConfigError(f"{other_encoder}, and its API cannot take the batch: {refusal}")
+        return Route("api", f"{other_encoder}: POST /v1/documents of {server.url}")
     limit = cfg.ingest.api_max_documents
     large = batch.documents > limit
     if server.ray_address and not cluster_full and (large or refusal):
@@ -156,10 +176,14 @@ def decide(batch: Batch, server: Server | None, cfg: AppConfig, *, local: bool =
                  "the bulk pipeline on a local Ray of its own")
 
 
-def _cluster(server: Server | None, full: bool, why: str) -> Route:
-    """Join the server's cluster (ConfigError when there is none to join, or it is full)."""
+def _cluster(server: Server | None, full: bool, why: str, cfg: AppConfig | None = None) -> Route:
+    """Join the server's cluster (ConfigError when there is none to join, it is full, or it serves
+    another encoder than ``cfg``'s)."""
     if server is None:
         raise ConfigError(f"{why}: no ragserve server answers on the config's http_options")
+    other_encoder = encoder_refusal(server, cfg) if cfg is not None else None
+    if other_encoder:
+        raise ConfigError(f"{why}: {other_encoder}")
     if not server.ray_address:
         raise ConfigError(f"{why}: the Ray cluster serving {server.url} was not found on this machine")
     if full:
@@ -183,4 +207,6 @@ def probe(host: str, port: int, writable: bool) -> Server | None:
         return None
     encoder = report.stages.get("encoder")
     dim = (encoder.model_extra or {}).get("dim") if encoder is not None else None
-    return Server(url, report.ready, writable, ray_address_serving(port), int(dim) if dim else None)
+    live = (encoder.model_extra or {}).get("encoder") if encoder is not None else None
+    return Server(url, report.ready, writable, ray_address_serving(port), int(dim) if dim else None,
+                  None if live is None else str(live))

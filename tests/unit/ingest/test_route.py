@@ -123,3 +123,22 @@ def test_a_full_cluster_sends_the_batch_through_the_api_or_fails() -> None:
 def test_a_forced_way_that_is_not_open_is_an_error(via: str, server: Server | None, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         decide(SMALL, server, CFG, via=via)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- another live encoder
+TUNED = Server(UP.url, ready=True, writable=True, ray_address=UP.ray_address, dim=384, encoder="v3")
+
+
+def test_a_server_with_another_live_encoder_takes_the_batch_through_its_api() -> None:
+    # The pipeline would embed with the config's (untuned) encoder; the API writes the live one's copy.
+    route = decide(LARGE, TUNED, CFG)
+    assert route.kind == "api" and "live encoder (v3) is not the config's (untuned" in route.reason
+    assert decide(LARGE, Server(**{**vars(TUNED), "encoder": ""}), CFG).kind == "join"  # the same encoder
+
+
+def test_another_live_encoder_refuses_the_cluster_way() -> None:
+    with pytest.raises(ConfigError, match="--via cluster: the server's live encoder"):
+        decide(LARGE, TUNED, CFG, via="cluster")
+    big = Batch(5, 900)  # over the API's body share too: no way left
+    with pytest.raises(ConfigError, match="and its API cannot take the batch"):
+        decide(big, TUNED, CFG)
