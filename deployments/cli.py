@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from deployments.errors import RagServeError
 from deployments import keys as keys_command
 from deployments.evaluation import command as eval_command
 from deployments.evaluation import injection as injection_command
+from deployments.ingest import command as ingest_command
+from deployments.ingest.command import cmd_ingest
 from deployments.reliability import command as reliability_command
 from deployments.render import command as render_command
 from deployments.tune import command as tune_command
@@ -45,53 +46,6 @@ def sample_corpus() -> Path:
 
 
 # --------------------------------------------------------------------------- commands
-def cmd_ingest(args: argparse.Namespace) -> int:
-    """Parse, chunk, embed and write files to Milvus: a Ray Data pipeline on a local Ray (or the
-    cluster at ``--address``), or everything in this process with ``--local``. Exit 1 when nothing
-    was found or every file was skipped."""
-    from deployments import envs
-    from deployments.encoder.model import Embedder
-    from deployments.ingest import bulk, sources
-    from deployments.ingest.pipeline import ingest_paths
-    from deployments.search.store import ChunkStore, connect
-    from deployments.stack import ensure_milvus, init_ray
-
-    cfg = load_config_or_defaults(args.config)
-    if args.collection:  # the pipeline's actors open the collection the config names
-        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
-            "milvus": cfg.search.milvus.model_copy(update={"collection": args.collection})})})
-    # Listed before anything starts: a missing path or a local:// URI fails at once (ConfigError).
-    files = None if args.local else sources.list_files(args.paths)
-    lite = ensure_milvus(cfg)
-    try:
-        start = time.perf_counter()
-        embedder = Embedder(cfg.encoder)
-        store = ChunkStore(connect(cfg.search.milvus), cfg.search, embedder.dim, cfg.stored_copy())
-        store.ensure_collection()
-        if files is None:
-            reports = ingest_paths(args.paths, store, embedder, cfg.ingest, cfg.preprocess)
-        else:
-            import ray
-
-            store.purge_tombstones()  # left by an interrupted run (ingest_paths does it itself)
-            init_ray(args.address, include_dashboard=False, logging_level=logging.WARNING,
-                     runtime_env=envs.runtime_env(passthrough=True))
-            try:
-                reports = bulk.run(files, cfg, embedder.dim, progress=not args.quiet)
-            finally:
-                ray.shutdown()
-        for r in reports:
-            if r.status == "skipped" or args.verbose:
-                print(f"{r.status:9} {r.chunks:4d} chunks  {r.source}" + (f"  ({r.reason})" if r.reason else ""))
-        status, line = bulk.outcome(reports)
-        print(f"{line}; {store.count()} chunks in '{store.name}' ({time.perf_counter() - start:.1f}s)",
-              file=sys.stderr if status else sys.stdout)
-    finally:
-        if lite is not None:
-            lite.stop()
-    return status
-
-
 def cmd_ask(args: argparse.Namespace) -> int:
     """Ask a running server; prints the answer as it streams, then its sources."""
     body = {"question": args.question, "stream": True}
@@ -153,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole path once: ingest the sample corpus, start everything, ask, stop."""
     args.paths, args.collection, args.local, args.verbose, args.quiet = [str(sample_corpus())], None, True, True, True
+    args.address = args.via = None
     cmd_ingest(args)
     with LocalStack.from_config_file(args.config) as st:
         print(f"\napp started in {st.timings['cold_start_s']:.1f}s on {st.url}\n")
@@ -189,15 +144,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start Milvus Lite, Ray and the app")
     s.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
     s.set_defaults(fn=cmd_serve)
-    s = sub.add_parser("ingest", help="ingest .txt/.md/.html/.pdf/.jsonl files or directories")
-    s.add_argument("paths", nargs="+", help="files, directories, or s3:// / gs:// URIs; on a cluster they must "
-                   "be readable on every node (the shared volume), since worker nodes parse them")
-    s.add_argument("--collection", help="target collection (default: the configured one)")
-    s.add_argument("--local", action="store_true", help="run in this process instead of a Ray Data pipeline")
-    s.add_argument("--address", help="Ray cluster to run the pipeline on (default: start a local one)")
-    s.add_argument("--verbose", "-v", action="store_true", help="print every document, not only skipped ones")
-    s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    s.set_defaults(fn=cmd_ingest)
+    ingest_command.add_parser(sub)
     for name, fn in (("ask", cmd_ask), ("status", cmd_status)):
         s = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
         if name == "ask":
@@ -210,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("questions", nargs="*")
     s.set_defaults(fn=cmd_demo)
     bench_command.add_parser(sub)
+    bench_command.add_capacity_parser(sub)
     localcluster.add_parser(sub)
     reliability_command.add_parsers(sub)
     eval_command.add_parser(sub)

@@ -467,6 +467,11 @@ class IngestConfig(_Strict):
     embed_actors: int = Field(2, ge=1, description="Most embedding actors of the bulk pipeline (its actor pool).")
     embed_actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per embedding actor.")
     max_documents_per_request: int = Field(64, ge=1, description="Documents one POST /v1/documents may carry.")
+    api_max_documents: int = Field(
+        256, ge=0,
+        description="`ragserve ingest` next to a running server: a batch of at most this many documents is posted "
+        "through its POST /v1/documents; a larger one joins the server's Ray cluster and runs the bulk pipeline in "
+        "the CPUs its replicas leave free (0: always the pipeline). `--via`, `--address` and `--local` override it.")
 
     @model_validator(mode="after")
     def _overlap(self) -> "IngestConfig":

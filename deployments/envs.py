@@ -40,7 +40,8 @@ VARS: tuple[EnvVar, ...] = (
     EnvVar("RAGSERVE_CONFIG", "read", "Path of the serve config YAML used by the CLI (default cluster/serve_config.yaml)."),
     EnvVar("RAGSERVE_CACHE_DIR", "read", "Where converted model weights are cached (default ~/.cache/ragserve)."),
     EnvVar("RAGSERVE_MILVUS_TOKEN", "read", "Token (or user:password) for a Milvus server; never put it in YAML."),
-    EnvVar("RAGSERVE_API_KEY", "read", "API key the CLI's clients (ragserve eval) send to a server with keys."),
+    EnvVar("RAGSERVE_API_KEY", "read", "API key the CLI's clients (ragserve eval, tune, ingest) send to a server "
+           "with keys; ingest also writes as its tenant."),
     EnvVar("RAGSERVE_LOG_LEVEL", "read", "Log level of ragserve's own loggers (default INFO)."),
     EnvVar("HF_HUB_OFFLINE", "replica", "No model-hub traffic: models are bundled, local paths or pre-cached.", "1"),
     EnvVar("TOKENIZERS_PARALLELISM", "replica",

@@ -43,19 +43,30 @@ LOCAL_RAY_TRIES = 3
 _NODE_START_TIMEOUT = "timed out during startup"
 
 
-def init_ray(address: str | None, **kwargs: Any) -> None:
+def init_ray(address: str | None, found_here: bool = False, **kwargs: Any) -> None:
     """``ray.init`` with ragserve's driver environment; a local start that misses Ray's fixed
     raylet-registration wait is retried, after stopping every process that try started.
 
     Args:
         address: a cluster to join (tried once: a failure there is not about this machine's
             load), or None to start a local Ray.
+        found_here: ``address`` is a cluster found running on this machine
+            (:func:`ray_address_serving`): authenticate as Ray does for one its ``address="auto"``
+            finds, with the token a local start left (Ray 2.60 sends its token to an explicit
+            address only when ``RAY_AUTH_MODE=token`` says so, and a local ``ray.init`` enables
+            token auth by default).
         kwargs: passed to ``ray.init``.
     """
     import psutil
     import ray
 
     if address is not None:
+        if found_here:
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         ray.init(address=address, **kwargs)  # the cluster's own settings hold: no driver variables
         return
     envs.prepare_local_ray()
@@ -81,6 +92,47 @@ def init_ray(address: str | None, **kwargs: Any) -> None:
             ray.shutdown()
             log.warning("local Ray did not start (%s); stopped its %d processes, try %d of %d",
                         e, len(started), attempt + 1, LOCAL_RAY_TRIES)
+
+
+def http_endpoint(path: str | Path | None = None) -> tuple[str, int]:
+    """``(host, port)`` of a serve config YAML's ``http_options`` (default file: ``RAGSERVE_CONFIG``,
+    else the shipped one; without a file, Serve's defaults on loopback)."""
+    p = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    http = (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
+    return http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+
+
+#: The flag every Ray process of a node but the workers carries (raylet, agents): the cluster's GCS.
+_GCS_FLAG = "--gcs-address="
+
+
+def ray_address_serving(port: int) -> str | None:
+    """The GCS address of the local Ray cluster whose process listens on TCP ``port`` (a Serve
+    proxy), or None when no process of this machine that this user may inspect listens there, or
+    the listener is not part of a Ray node.
+
+    Ray's own ``ray.init(address="auto")`` connects to the cluster last started by ``ray start``,
+    or to any one it finds when ``ray.init`` started them: with several clusters on one machine
+    that may be another one. Following the listening socket to its process and up to the raylet
+    that started it (Ray workers rename themselves ``ray::...``; the raylet keeps its arguments)
+    names the cluster behind this very port.
+    """
+    import psutil
+
+    try:
+        owners = {c.pid for c in psutil.net_connections("tcp")
+                  if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
+    except psutil.AccessDenied:
+        return None
+    for pid in owners:
+        with contextlib.suppress(psutil.Error):
+            proc: psutil.Process | None = psutil.Process(pid)
+            while proc is not None:
+                found = next((a[len(_GCS_FLAG):] for a in proc.cmdline() if a.startswith(_GCS_FLAG)), None)
+                if found:
+                    return found
+                proc = proc.parent()
+    return None
 
 
 def check_exposure(cfg: AppConfig, host: str) -> None:
@@ -129,10 +181,8 @@ class LocalStack:
     def from_config_file(cls, path: str | Path | None = None, **kw: Any) -> "LocalStack":
         """The stack of a serve config YAML (default: ``RAGSERVE_CONFIG``, else the shipped one),
         on the host and port of its ``http_options``; without a file, the schema's defaults."""
-        p = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
-        http = (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
-        return cls(load_config_or_defaults(path), host=http.get("host", "127.0.0.1"), port=http.get("port", 8000),
-                   **kw)
+        host, port = http_endpoint(path)
+        return cls(load_config_or_defaults(path), host=host, port=port, **kw)
 
     @property
     def url(self) -> str:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from deployments.bench import baselines, encoders, load, overload, runner
+from deployments.bench import capacity
+from deployments.bench import ingest as ingest_bench
 from deployments.bench.stats import StepResult
 from deployments.config import AppConfig, load_config_or_defaults
 
@@ -21,13 +24,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("bench", help="load-test retrieval, generation, both, or embeddings")
     s.add_argument("--url", default="http://127.0.0.1:8000", help="ragserve base URL (loopback)")
     s.add_argument("--targets", default="retrieve,generate,query,embed",
-                   help=f"comma-separated, of {','.join(load.TARGETS)}")
-    s.add_argument("--mode", choices=("closed", "open", "overload", "encoder-backends"), default="closed",
+                   help=f"comma-separated, of {','.join(load.TARGETS)}, or {load.MIX}<share>: that share of "
+                   "retrievals, the rest RAG queries")
+    s.add_argument("--mode", choices=("closed", "open", "overload", "encoder-backends", "ingest"), default="closed",
                    help="overload: capacity (closed loop), then open loop at --multiples of it, with "
                    "rejections, Retry-After and the admitted p50/p99 against the budget (generation: "
                    "generator.ttft_budget_s; retrieval: ingress.retrieve_budget_s); "
                    "encoder-backends: every encoder.backend/precision against torch in this process (texts/s at "
-                   "concurrency 1 and 32, agreement), with --serve through Serve and --eval their nDCG@10")
+                   "concurrency 1 and 32, agreement), with --serve through Serve and --eval their nDCG@10; "
+                   "ingest: `ragserve ingest` of generated corpora (--sizes) next to the running server, each way "
+                   "(--ways: its API, its Ray cluster, a Ray of its own)")
     s.add_argument("--concurrency", help="closed loop: concurrency sweep (default 1,2,4,8,16,32); overload: the "
                    "closed loops whose best rate is the capacity (default 4,8,16)")
     s.add_argument("--multiples", default="1,2,4", help="overload: offered rates as multiples of the capacity")
@@ -50,8 +56,71 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="encoder-backends: also through Serve (needs a running ragserve Ray cluster on this machine)")
     s.add_argument("--eval", action="store_true",
                    help="encoder-backends: also nDCG@10 per backend (starts a local stack per backend; minutes each)")
+    s.add_argument("--sizes", default="24,2000", help="ingest: documents per generated corpus")
+    s.add_argument("--ways", default=",".join(ingest_bench.WAYS), help="ingest: of " + ",".join(ingest_bench.WAYS))
     s.add_argument("--out", default="reports/bench", help="directory for results.csv/json and the PNG plot")
     s.set_defaults(fn=cmd_bench)
+
+
+def add_capacity_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``capacity`` subcommand."""
+    s = sub.add_parser("capacity", help="replicas per stage and worker groups for a target load, from a bench report")
+    s.add_argument("--report", required=True, help="results.json of a closed-loop `ragserve bench` with the "
+                   "targets retrieve, embed, generate and query, measured on the hardware to size")
+    s.add_argument("--qps", type=float, help="target requests/s (default: only the configured replicas' capacity)")
+    s.add_argument("--answer-tokens", type=float,
+                   help="tokens per generated answer (default: as many as the report's queries answered with)")
+    s.add_argument("--retrieval-share", type=float, default=0.0,
+                   help="share of the requests that are retrieval only (/v1/retrieve); the rest are RAG queries")
+    s.add_argument("--utilisation", type=float, default=0.7, help="busy share each replica is sized for (headroom)")
+    s.add_argument("--overlay", help="k8s overlay (cluster/serve_config.*.yaml) whose pods to size; default: CPU "
+                   "pods of --cpu-pod-cpus for the --config's stages")
+    s.add_argument("--cpu-pod-cpus", type=int, default=8, help="CPUs of a CPU worker pod (without --overlay)")
+    s.add_argument("--out", help="also write the numbers as JSON to this file")
+    s.set_defaults(fn=cmd_capacity)
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    """Print the measured costs, the configured replicas' capacity and, for ``--qps``, the replicas
+    per stage and the worker groups they take."""
+    from deployments.errors import ConfigError
+    from deployments.render.capacity import plan_groups
+    from deployments.render.overlay import merged_serve_config
+
+    if not 0 <= args.retrieval_share <= 1 or not 0 < args.utilisation <= 1:
+        raise ConfigError("--retrieval-share must be within [0, 1] and --utilisation within (0, 1]")
+    report = json.loads(Path(args.report).read_text())
+    cfg, overlay = load_config_or_defaults(args.config), None
+    if args.overlay:
+        _, cfg, overlay = merged_serve_config(Path(args.overlay), Path.cwd())
+    costs = capacity.costs_from_report(report, cfg)
+    args.answer_tokens = args.answer_tokens or round(costs.query_tokens, 1)
+    facts = (report.get("machine") or {}).get("facts") or {}
+    print(f"report: {args.report} ({facts.get('cpu_model', 'machine unknown')}, "
+          f"{len(facts.get('allowed_cpus') or []) or '?'} CPUs)\n" + capacity.format_costs(costs, args.answer_tokens))
+    cap, limit = capacity.predicted(costs, cfg, args.answer_tokens, args.retrieval_share)
+    per_stage, stage = capacity.stage_capacity(costs, cfg, args.answer_tokens, args.retrieval_share)
+    print(f"\nthe configured replicas carry {per_stage:.2f} requests/s with a stage on its own CPUs (limited by "
+          f"{stage}); on the measured machine {cap:.2f} requests/s (limited by {limit})")
+    result: dict = {"report": args.report, "answer_tokens": args.answer_tokens, "retrieval_share": args.retrieval_share,
+                    "costs": {c.stage: asdict(c) for c in [*costs.stages.values(), costs.generator(args.answer_tokens)]},
+                    "capacity": {"per_stage": per_stage, "per_stage_limit": stage, "machine": cap, "machine_limit": limit}}
+    if args.qps is not None:
+        target = capacity.Target(args.qps, args.answer_tokens, args.retrieval_share, args.utilisation)
+        rows = capacity.needs(costs, target, cfg)
+        print("\n" + capacity.format_needs(rows, target))
+        gpu = (overlay.kubernetes.gpu_workers.gpus, overlay.kubernetes.gpu_workers.cpus) \
+            if overlay and overlay.kubernetes.gpu_workers else None
+        pods = overlay.kubernetes.cpu_workers.cpus if overlay else args.cpu_pod_cpus
+        plan = plan_groups(capacity.sized(cfg, {n.stage: n.replicas for n in rows}), pods, gpu)
+        print("\nworker groups: " + "; ".join(f"{g}: {size.min_pods} pod{'s' if size.min_pods != 1 else ''} of "
+                                             f"{cpus} CPUs" for g, (size, cpus) in plan.items()))
+        result.update(target=asdict(target), replicas={n.stage: {**asdict(n), "replicas": n.replicas, "throughput": n.throughput
+                                                 if n.throughput != float("inf") else None} for n in rows},
+                      groups={g: {"pods": size.min_pods, "cpus": cpus} for g, (size, cpus) in plan.items()})
+    if args.out:
+        Path(args.out).write_text(json.dumps(runner.no_nan(result), indent=2, default=str))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -62,6 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_overload(args, cfg, targets)
     if args.mode == "encoder-backends":
         return cmd_encoder_backends(args, cfg)
+    if args.mode == "ingest":
+        return cmd_ingest_bench(args)
     args.concurrency = args.concurrency or "1,2,4,8,16,32"
     loads = [float(x) for x in (args.concurrency if args.mode == "closed" else args.rates).split(",")]
     metrics = args.metrics_url or ([] if args.settle <= 0 else runner.metrics_urls())
@@ -124,6 +195,21 @@ def cmd_encoder_backends(args: argparse.Namespace, cfg: AppConfig) -> int:
     path.write_text(json.dumps(runner.no_nan(results), indent=2, allow_nan=False))
     print(f"\nwrote {path}")
     return 1 if any(not q["within_tolerance"] for q in results.get("quality", {}).values()) else 0
+
+
+def cmd_ingest_bench(args: argparse.Namespace) -> int:
+    """``--mode ingest``: print the table and write ``ingest.json``; exit 1 when a run failed or did
+    not add every document."""
+    extra = {"machine": machine(args.url), "command": " ".join(["ragserve", *sys.argv[1:]])}
+    print(ingest_bench.HEADER)
+    rows = ingest_bench.run(args.url, args.config, [int(x) for x in args.sizes.split(",")],
+                            [w.strip() for w in args.ways.split(",") if w.strip()])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "ingest.json"
+    path.write_text(json.dumps({"runs": rows, **extra}, indent=2))
+    print(f"\nwrote {path}")
+    return 1 if any(r["exit"] or r.get("added") != r["documents"] for r in rows) else 0
 
 
 def machine(url: str) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,8 @@ from deployments.client import aiter_sse
 #: the first round every retrieval is a hit). ``generate`` streams; ``generate_collected`` is the
 #: same request not streamed (collected in the generator replica).
 TARGETS = ("retrieve", "retrieve_cached", "embed", "generate", "generate_collected", "query")
+#: Prefix of a mixed workload's target: ``mix:0.5`` is half retrievals, half RAG queries.
+MIX = "mix:"
 Request = Callable[[httpx.AsyncClient, int], Awaitable[Sample]]
 NO_CACHE = {"cache-control": "no-cache"}
 
@@ -41,10 +44,28 @@ def _payload(target: str, i: int, questions: Sequence[str], max_tokens: int) -> 
     return "/v1/query", {"question": q, "max_tokens": max_tokens, "stream": True}
 
 
+def is_retrieval(i: int, share: float) -> bool:
+    """Whether request ``i`` of a ``mix:<share>`` workload is a retrieval (else a RAG query): spread
+    evenly, so any ``n`` consecutive requests hold ``n * share`` retrievals, give or take one."""
+    return math.floor((i + 1) * share) > math.floor(i * share)
+
+
 def make_request(target: str, questions: Sequence[str], max_tokens: int = 32) -> Request:
-    """A coroutine factory issuing request ``i`` of ``target`` and timing it."""
+    """A coroutine factory issuing request ``i`` of ``target`` and timing it. ``mix:<share>`` mixes
+    ``retrieve`` (that share of the requests) and ``query`` (the rest), as ``ragserve capacity``'s
+    ``--retrieval-share`` does."""
+    if target.startswith(MIX):
+        share = float(target[len(MIX):])
+        if not 0 <= share <= 1:
+            raise ValueError(f"{target}: the retrieval share must be within [0, 1]")
+        retrieve, query = make_request("retrieve", questions), make_request("query", questions, max_tokens)
+
+        async def mixed(client: httpx.AsyncClient, i: int) -> Sample:
+            return await (retrieve if is_retrieval(i, share) else query)(client, i)
+
+        return mixed
     if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose from {TARGETS}")
+        raise ValueError(f"unknown target {target!r}; choose from {TARGETS} or {MIX}<retrieval share>")
 
     headers = NO_CACHE if target in ("retrieve", "query") else {}
 

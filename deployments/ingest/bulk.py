@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from deployments.config import AppConfig
+from deployments.config import AppConfig, IngestConfig
 from deployments.ingest import pipeline, sources
 from deployments.ingest.parsers import BadFile, Document, check_size, check_suffix, parse_bytes
 from deployments.ingest.pipeline import FileReport
@@ -37,8 +38,67 @@ log = logging.getLogger(__name__)
 #: Parsing is light; a whole CPU per parse task would leave none for the embedding actors on a
 #: small machine (with 2 CPUs, one embedding actor + one writer + one 1-CPU parse task deadlock).
 PARSE_CPUS = 0.25
+#: The writer mostly waits on Milvus.
+WRITE_CPUS = 0.1
 #: Target size of the blocks between stages (about a hundred parsed documents).
 BLOCK_BYTES = 256 * 1024
+#: Below this many free CPUs a cluster has no room for the pipeline at all.
+MIN_PIPELINE_CPUS = 0.1
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The CPUs the pipeline reserves on the cluster: its embedding actors (how many, CPUs each),
+    each parse task, the writer, and the most it may hold at once (None: no cap but the cluster's)."""
+
+    embed_actors: int
+    embed_actor_cpus: float
+    parse_cpus: float = PARSE_CPUS
+    write_cpus: float = WRITE_CPUS
+    cpu_limit: float | None = None
+
+    @classmethod
+    def configured(cls, icfg: IngestConfig) -> "Shape":
+        """The pipeline as ``ingest`` configures it, on a cluster of its own."""
+        return cls(icfg.embed_actors, icfg.embed_actor_cpus)
+
+
+def fit(free_cpus: float, icfg: IngestConfig) -> Shape | None:
+    """The pipeline within ``free_cpus`` of a cluster it shares (with a serving app): as many of the
+    configured embedding actors as fit, at least one; when not even one fits at its configured
+    CPUs, every reservation shrinks in proportion. None: less than :data:`MIN_PIPELINE_CPUS` free.
+
+    Ray schedules by these reservations, not by use: what the pipeline reserves is what the app's
+    replicas can no longer be placed on, so it takes only what is free. (The actors still compute
+    at the speed of whatever cores are idle.)
+    """
+    if free_cpus < MIN_PIPELINE_CPUS:
+        return None
+    fixed = PARSE_CPUS + WRITE_CPUS
+    actors = math.floor(round((free_cpus - fixed) / icfg.embed_actor_cpus, 6))
+    if actors >= 1:
+        return Shape(min(actors, icfg.embed_actors), icfg.embed_actor_cpus, cpu_limit=free_cpus)
+    scale = free_cpus / (fixed + icfg.embed_actor_cpus)
+    # Ray counts resources in units of 1e-4: round down so the three together never exceed what is free.
+    def part(x: float) -> float:
+        return math.floor(x * scale * 10_000) / 10_000
+
+    return Shape(1, part(icfg.embed_actor_cpus), part(PARSE_CPUS), part(WRITE_CPUS), cpu_limit=free_cpus)
+
+
+def app_headroom_cpus(cfg: AppConfig) -> float:
+    """CPUs the app's replicas may still claim: every deployment from its minimum to its maximum
+    replicas (what autoscaling may add). A rolling update's surge replicas are not counted: an
+    update started during a bulk ingest waits, still serving, until the pipeline ends."""
+    from deployments import stages
+    from deployments.render.capacity import replica_bounds
+
+    total = 0.0
+    for stage in stages.enabled(cfg):
+        opts = stage.config(cfg).deployment
+        low, high = replica_bounds(opts)
+        total += (high - low) * opts.resources.num_cpus
+    return total
 
 
 # Rows between the stages carry opaque payloads: a document or report as JSON text, a write as
@@ -84,16 +144,18 @@ def outcome(reports: list[FileReport]) -> tuple[int, str]:
 
 
 class Embed:
-    """Actor: chunk each document, drop the unchanged ones, embed and analyse the rest."""
+    """Actor: chunk each document, drop the unchanged ones, embed and analyse the rest (compared with
+    ``collection``, default: the config's encoder's copy of the configured collection)."""
 
-    def __init__(self, cfg: AppConfig) -> None:
+    def __init__(self, cfg: AppConfig, collection: str | None = None) -> None:
         from deployments.encoder.model import Embedder
         from deployments.preprocess import text
         from deployments.search.store import ChunkStore, connect
 
         self.cfg = cfg
         self.embedder = Embedder(cfg.encoder)
-        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, self.embedder.dim, cfg.stored_copy())
+        self.store = ChunkStore(connect(cfg.search.milvus), cfg.search, self.embedder.dim,
+                                collection or cfg.stored_copy())
         text.warm_up()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -136,10 +198,18 @@ class Write:
         return {"report": np.array([str(r) for r in batch["report"] if r] + [w[3] for w in writes], dtype=object)}
 
 
-def run(files: Iterable[sources.FileRef], cfg: AppConfig, dim: int, progress: bool = True) -> list[FileReport]:
+def run(files: Iterable[sources.FileRef], cfg: AppConfig, dim: int, progress: bool = True,
+        shape: Shape | None = None, collection: str | None = None) -> list[FileReport]:
     """Ingest the listed ``files`` (:func:`sources.list_files`) on the connected Ray cluster; returns
-    one report per document (and per skipped file or line). The caller has created the collection."""
+    one report per document (and per skipped file or line). The caller has created the collection.
+
+    Args:
+        shape: the CPUs the pipeline reserves (default: as configured, a cluster of its own).
+        collection: the stored collection written (default: the config's encoder's copy of the
+            configured collection).
+    """
     import ray
+    from ray.data import ExecutionResources
     from tqdm import tqdm
 
     ctx = ray.data.DataContext.get_current()
@@ -148,17 +218,20 @@ def run(files: Iterable[sources.FileRef], cfg: AppConfig, dim: int, progress: bo
     # (128 MiB), a .jsonl of thousands of documents would reach the writer, and the progress bar,
     # in one piece at the end. Documents are kilobytes: small blocks keep the pipeline streaming.
     ctx.target_max_block_size = BLOCK_BYTES
-    icfg = cfg.ingest
+    icfg, shape = cfg.ingest, shape or Shape.configured(cfg.ingest)
+    if shape.cpu_limit is not None:  # parse tasks too stay within what was free
+        ctx.execution_options.resource_limits = ExecutionResources.for_limits(cpu=shape.cpu_limit)
     files = [asdict(ref) for ref in files]
     if not files:
         return []
     ds = (
         ray.data.from_items(files, override_num_blocks=min(len(files), 64))
-        .flat_map(_parse, fn_kwargs={"cfg": cfg}, num_cpus=PARSE_CPUS)
-        .map_batches(Embed, fn_constructor_kwargs={"cfg": cfg}, batch_size=icfg.doc_batch_size,
-                     concurrency=(1, icfg.embed_actors), num_cpus=icfg.embed_actor_cpus)
-        .map_batches(Write, fn_constructor_kwargs={"cfg": cfg, "dim": dim}, batch_size=icfg.doc_batch_size,
-                     concurrency=1, num_cpus=0.1)
+        .flat_map(_parse, fn_kwargs={"cfg": cfg}, num_cpus=shape.parse_cpus)
+        .map_batches(Embed, fn_constructor_kwargs={"cfg": cfg, "collection": collection},
+                     batch_size=icfg.doc_batch_size, concurrency=(1, shape.embed_actors),
+                     num_cpus=shape.embed_actor_cpus)
+        .map_batches(Write, fn_constructor_kwargs={"cfg": cfg, "dim": dim, "collection": collection},
+                     batch_size=icfg.doc_batch_size, concurrency=1, num_cpus=shape.write_cpus)
     )
     reports: list[FileReport] = []
     chunks, start = 0, time.perf_counter()

@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 #: A copy's property: when the last sync pass into it began (epoch seconds).
 SYNCED_AT = "ragserve.synced_at"
 _META = ["doc_id", "doc_hash", "updated_at"]
-#: CPUs the bulk pipeline's writer reserves.
-WRITER_CPUS = 0.1
 #: The switches made, one JSON line each, in the artefacts directory (what ``rollback`` reads).
 HISTORY = "rollouts.jsonl"
 
@@ -151,12 +149,12 @@ def copy_documents(cfg: AppConfig, source: str, target: str, doc_ids: list[str],
     icfg = cfg.ingest
     # The app runs on the same cluster: the embedding actors take what its replicas leave free
     # (on a 2-CPU machine the shipped app reserves 1.3 CPUs, and a 1-CPU actor would wait forever).
-    cpus = min(icfg.embed_actor_cpus, max(0.25, ray.available_resources().get("CPU", 0.0) - WRITER_CPUS))
+    cpus = min(icfg.embed_actor_cpus, max(0.25, ray.available_resources().get("CPU", 0.0) - bulk.WRITE_CPUS))
     ds = (ray.data.from_items([{"doc_id": d} for d in doc_ids], override_num_blocks=min(len(doc_ids), 64))
           .map_batches(ReEmbed, fn_constructor_kwargs={"cfg": cfg, "source": source, "target": target},
                        batch_size=icfg.doc_batch_size, concurrency=(1, icfg.embed_actors), num_cpus=cpus)
           .map_batches(bulk.Write, fn_constructor_kwargs={"cfg": cfg, "dim": dim, "collection": target},
-                       batch_size=icfg.doc_batch_size, concurrency=1, num_cpus=WRITER_CPUS))
+                       batch_size=icfg.doc_batch_size, concurrency=1, num_cpus=bulk.WRITE_CPUS))
     written = 0
     for row in ds.iter_rows():
         written += int(json.loads(row["report"])["chunks"])

@@ -11,7 +11,7 @@ import pytest
 
 from deployments.config import parse_app_config
 from deployments.errors import ConfigError
-from deployments.stack import LOCAL_RAY_TRIES, check_exposure, init_ray
+from deployments.stack import LOCAL_RAY_TRIES, check_exposure, http_endpoint, init_ray, ray_address_serving
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "ragserve.example.org"])
@@ -130,3 +130,66 @@ def test_only_a_local_start_gets_the_driver_variables(fake_ray, monkeypatch: pyt
     assert not any(name in os.environ for name in envs.declared("node"))
     init_ray(None)
     assert os.environ["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] == "1"
+
+
+# --------------------------------------------------------------------------- finding a running server's Ray
+def test_http_endpoint_is_the_serve_configs(tmp_path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("http_options: {host: 0.0.0.0, port: 8123}\napplications: [{name: ragserve, args: {}}]\n")
+    assert http_endpoint(path) == ("0.0.0.0", 8123)
+    path.write_text("applications: [{name: ragserve, args: {}}]\n")
+    assert http_endpoint(path) == ("127.0.0.1", 8000)  # Serve's defaults, on loopback
+    assert http_endpoint(tmp_path / "missing.yaml") == ("127.0.0.1", 8000)
+
+
+_LISTEN = """
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+time.sleep(60)
+"""
+# A node process (the raylet) carries the GCS address; the worker it starts renames itself and
+# listens (the Serve proxy): the address is found by walking up from the listener.
+_NODE = f"""
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", {_LISTEN!r}], stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip(), flush=True)
+child.wait()
+"""
+
+
+def _listening(argv: list[str]) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    return proc, int(proc.stdout.readline())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 9)  # its own session: the node and the worker it started
+    proc.wait(10)
+
+
+def test_the_ray_cluster_behind_a_port_is_found_through_the_listeners_parents() -> None:
+    proc, port = _listening([sys.executable, "-c", _NODE, "--gcs-address=10.9.8.7:6379", "--other=1"])
+    try:
+        assert ray_address_serving(port) == "10.9.8.7:6379"
+    finally:
+        _stop(proc)
+
+
+def test_a_port_not_served_by_ray_names_no_cluster() -> None:
+    proc, port = _listening([sys.executable, "-c", _LISTEN])
+    try:
+        assert ray_address_serving(port) is None  # a listener, but no Ray node above it
+    finally:
+        _stop(proc)
+    assert ray_address_serving(port) is None  # nothing listens any more
+
+
+def test_rays_rule_for_a_cluster_found_here_is_still_there() -> None:
+    """init_ray(found_here=True) authenticates as Ray does for a cluster its "auto" finds, through
+    this private function of Ray 2.60: an upgrade that drops it must fail here, not in a join."""
+    import inspect
+
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+    assert "warn_if_disabled" in inspect.signature(maybe_enable_token_auth_if_token_available).parameters
