@@ -491,8 +491,16 @@ class IngressConfig(_Strict):
         "x the stages' time per retrieval measured on this machine (deployments/ingress/admission.py). Beyond it "
         "the request gets 503 + Retry-After at once instead of waiting in the retrieval stages' Serve queues "
         "(their max_queued_requests stays -1: this bounds what an ingress replica queues there to about budget / "
-        "time per retrieval, counted in time rather than requests, and leaves room for readiness calls). A lone "
-        "retrieval is always admitted. None: no admission (every retrieval waits its turn).",
+        "time per retrieval, counted in time rather than requests, and leaves room for readiness calls). "
+        "ingress.retrieve_min_in_flight retrievals are always admitted. None: no admission (every retrieval "
+        "waits its turn).",
+    )
+    retrieve_min_in_flight: int = Field(
+        4, ge=1,
+        description="Retrievals in flight in an ingress replica that are admitted whatever the estimate: "
+        "retrieve_budget_s sheds queueing past this floor of parallelism, not a few callers whose retrievals are "
+        "slow because the machine is (a rolling update restarting every stage, a cold replica, generation "
+        "sharing the cores). 1: only a lone retrieval is sure to be admitted.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1, description="Larger request bodies get 413.")
     deployment: DeploymentOptions = _opts(resources=ActorResources(num_cpus=0.1), max_ongoing_requests=128)

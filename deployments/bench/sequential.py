@@ -30,6 +30,7 @@ class SequentialClients:
     outcomes: list[Any] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _crashed: list[str] = field(default_factory=list)
 
     kinds: ClassVar[tuple[str, ...]] = ()
     pause_s: ClassVar[float] = 0.0
@@ -50,17 +51,23 @@ class SequentialClients:
         """Stops the clients after their current request; returns every outcome.
 
         Raises:
-            RuntimeError: a client did not finish its request within ``join_s`` (it hung).
+            RuntimeError: a client did not finish its request within ``join_s`` (it hung), or
+                :meth:`ask` raised (a client that stopped early would hide its kind's failures).
         """
         self._stop.set()
         for t in self._threads:
             t.join(timeout=join_s)
         if any(t.is_alive() for t in self._threads):
             raise RuntimeError("a client hung")
+        if self._crashed:
+            raise RuntimeError(f"clients stopped by an error: {self._crashed}")
         return self.outcomes
 
     def _loop(self, kind: str) -> None:
-        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as client:
-            while not self._stop.is_set():
-                self.outcomes.append(self.ask(kind, client))
-                time.sleep(self.pause_s)
+        try:
+            with httpx.Client(base_url=self.url, timeout=self.timeout_s) as client:
+                while not self._stop.is_set():
+                    self.outcomes.append(self.ask(kind, client))
+                    time.sleep(self.pause_s)
+        except Exception as e:  # noqa: BLE001 - reported by stop()
+            self._crashed.append(f"{kind}: {type(e).__name__}: {e}")

@@ -115,7 +115,7 @@ class Pipeline:
         self.access = access or Access(cfg.auth)
         self.timeout = cfg.ingress.request_timeout_s
         self.cache = RetrievalCache(cfg) if cfg.search.cache.enabled else None
-        self.admission = RetrievalAdmission(cfg.ingress.retrieve_budget_s)
+        self.admission = RetrievalAdmission(cfg.ingress.retrieve_budget_s, cfg.ingress.retrieve_min_in_flight)
         #: The configured encoder's tag: whose copy of a collection this replica deletes from and
         #: lists (writes and searches follow the encoder replica that embedded them).
         self.encoder_tag = encoder_tag(cfg.encoder.model)

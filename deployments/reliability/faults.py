@@ -89,12 +89,14 @@ class Killed:
     node: str | None = None  # the node a node fault killed
 
 
-def alive_actors(class_name: str) -> list[Any]:
-    """ALIVE actors of ``class_name`` from Ray's state API (needs a driver connected to the
-    cluster and its dashboard)."""
+def alive_actors(class_name: str, address: str) -> list[Any]:
+    """ALIVE actors of ``class_name`` from Ray's state API of the cluster at ``address`` (its
+    GCS address; the cluster runs a dashboard). The address is given, not discovered: Ray refuses
+    to guess when another Ray runs on the machine (a server beside the drill, a test stack)."""
     from ray.util.state import list_actors
 
-    return list(list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], timeout=30))
+    return list(list_actors(address=address, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+                            timeout=30))
 
 
 class Injector:
@@ -125,7 +127,7 @@ class Injector:
             return self._milvus()
         if fault.kind == "node":
             return self._node()
-        actors = sorted(alive_actors(self.actor_class(fault)), key=lambda a: a.pid or 0)
+        actors = sorted(alive_actors(self.actor_class(fault), self.state.address), key=lambda a: a.pid or 0)
         if not actors:
             raise RuntimeError(f"no ALIVE actor of class {self.actor_class(fault)}")
         victim = actors[0]
@@ -177,7 +179,7 @@ class Injector:
         if fault.kind in ACTOR_CLASSES:
             if fault.kind == "proxy" and any(p["status"] != "HEALTHY" for p in snap["proxies"].values()):
                 return False
-            return any(a.pid != killed.pid for a in alive_actors(self.actor_class(fault)))
+            return any(a.pid != killed.pid for a in alive_actors(self.actor_class(fault), self.state.address))
         if fault.kind == "node":  # settled alone holds until Ray notices the node is gone
             return not any(n["name"] == killed.node and (n["process_running"] or n["ray_alive"])
                            for n in snap["nodes"])

@@ -17,7 +17,7 @@ from deployments.errors import DependencyUnavailableError, InvalidRequestError, 
 from deployments.protocol.stages import SearchRequest, SearchResult
 from deployments.protocol.types import encoded_collection, is_default_collection, split_encoded
 from deployments.search import precision
-from deployments.search.store import ChunkStore, connect, list_collections, milvus_errors
+from deployments.search.store import ChunkStore, connect, list_collections, milvus_errors, not_loaded
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,7 +104,14 @@ class Searcher:
                     raise RagServeError(f"collection {store.name!r} holds passages of encoder "
                                         f"{store.encoder_tag or 'untuned'!r}, the question was embedded by "
                                         f"{req.encoder or 'untuned'!r}")
-                hits = store.search(req.vector, req.query.lexical_text, fetch, mode, req.filter, req.acl)
+                try:
+                    hits = store.search(req.vector, req.query.lexical_text, fetch, mode, req.filter, req.acl)
+                except DependencyUnavailableError as e:
+                    if not not_loaded(e):
+                        raise
+                    # A restarted Milvus brings its collections back released: load and ask again.
+                    store.ensure_collection(create=False)
+                    hits = store.search(req.vector, req.query.lexical_text, fetch, mode, req.filter, req.acl)
                 if reorder:
                     hits = precision.reorder(hits, req.query.key_terms, self.cfg.precision, self.cfg.rrf_k)
                 return SearchResult(hits=tuple(hits[: req.top_k]), mode=mode)  # type: ignore[arg-type]

@@ -74,6 +74,13 @@ def milvus_errors(what: str, timeout_s: float) -> Iterator[None]:
         raise DependencyUnavailableError(f"Milvus {what} failed: {e}") from None
 
 
+def not_loaded(err: Exception) -> bool:
+    """Whether a Milvus failure says the collection is not loaded (a restarted Milvus server
+    brings its collections back released; loading them again is the cure, not a 503)."""
+    text = str(getattr(err, "message", err)).lower()
+    return "released" in text or "not loaded" in text
+
+
 def connect(cfg: MilvusConfig) -> Any:
     """Open a ``MilvusClient`` (embedded Lite for a .db path, else a server URI)."""
     from pymilvus import MilvusClient

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -123,16 +123,14 @@ def _alive_workers() -> list[int]:
     return found
 
 
+@dataclass
 class Clients(SequentialClients):
     """Sequential clients (a retrieval, a streamed answer, a document write) until stopped; each
     outcome as (kind, failure, the encoder that served it)."""
 
     kinds = ("retrieve", "stream", "write")
     pause_s = 0.2
-    written: list[str]
-
-    def __post_init__(self) -> None:
-        self.written = []
+    written: list[str] = field(default_factory=list)
 
     def ask(self, kind: str, client: httpx.Client) -> tuple[str, str | None, str]:
         try:

@@ -62,6 +62,27 @@ def test_a_lone_retrieval_is_admitted_whatever_the_estimate() -> None:
     assert a.in_flight == 1
 
 
+def test_up_to_the_floor_of_parallelism_is_admitted_whatever_the_estimate() -> None:
+    """A slow machine (0.8 s per lone retrieval, as during a rolling update on 2 cores) does not
+    refuse a few concurrent callers; past the floor the budget applies again."""
+    a = RetrievalAdmission(budget_s=1.0, min_in_flight=3, clock=Clock())
+    a.recent.append(0.8)
+    for _ in range(3):
+        a.admit()  # estimates 0.8, 1.6, 2.4 s: admitted below the floor
+    with pytest.raises(OverloadedError):
+        a.admit()  # 4 x 0.8 = 3.2 s with 3 in flight
+    assert a.in_flight == 3
+
+
+def test_the_shipped_floor_reaches_the_pipelines_admission() -> None:
+    from deployments.config import parse_app_config
+    from deployments.ingress.pipeline import Pipeline
+
+    p = Pipeline({}, parse_app_config({"ingress": {"retrieve_budget_s": 0.5, "retrieve_min_in_flight": 2}}))
+    assert (p.admission.budget_s, p.admission.min_in_flight) == (0.5, 2)
+    assert Pipeline({}, parse_app_config({})).admission.min_in_flight == 4
+
+
 def test_no_budget_admits_everything() -> None:
     a = RetrievalAdmission(budget_s=None, clock=Clock())
     a.recent.append(5.0)

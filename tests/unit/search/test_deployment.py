@@ -115,3 +115,27 @@ def test_a_tuned_copy_created_here_is_not_served_to_the_untuned_encoder(monkeypa
     assert FakeStore.names == [f"kb__enc_{tag}", "kb"]
     asyncio.run(s.search(request("dense").model_copy(update={"collection": "kb", "encoder": tag})))
     assert FakeStore.names == [f"kb__enc_{tag}", "kb"]  # the tuned copy's store was kept and reused
+
+
+def test_a_collection_released_by_a_milvus_restart_is_loaded_again_and_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Milvus brings its collections back released after a restart: the search loads the
+    collection and asks again instead of answering 503; any other failure stays a 503."""
+    from deployments.errors import DependencyUnavailableError
+
+    s = searcher(monkeypatch, PrecisionConfig())
+    loads: list[bool] = []
+    failures = [DependencyUnavailableError("Milvus search failed: Collection 'kb' is in state 'released'; "
+                                           "call load() before search/get/query")]
+
+    def search(self, *args: Any, **kw: Any) -> list[Hit]:
+        if failures:
+            raise failures.pop()
+        return RANKED[:2]
+
+    monkeypatch.setattr(FakeStore, "search", search)
+    monkeypatch.setattr(FakeStore, "ensure_collection", lambda self, create=True: loads.append(create) or False)
+    res = asyncio.run(s.search(request("dense")))
+    assert [h.doc_id for h in res.hits] == ["r340", "other"] and loads[-1] is False
+    failures.append(DependencyUnavailableError("Milvus search failed: gRPC UNAVAILABLE"))
+    with pytest.raises(DependencyUnavailableError):
+        asyncio.run(s.search(request("dense")))
