@@ -237,7 +237,7 @@ class Pipeline:
         re-applied (``reranker.precision``): a cross-encoder reads 3.4.0 and 3.4.1 as alike as
         the retrievers do, so the passage naming the question's exact terms must still come first."""
         scfg = self.cfg.search
-        if not self.cfg.reranker.precision or (mode or scfg.mode) != "hybrid" or not precision.active(scfg.precision):
+        if not (self.cfg.reranker.precision and precision.applies(mode or scfg.mode, scfg.precision)):
             return hits
         return tuple(precision.reorder(hits, prepared.key_terms, scfg.precision, scfg.rrf_k))
 

@@ -92,7 +92,7 @@ class Searcher:
             mode = req.mode or self.cfg.mode
             # A hybrid request is reordered for precision even when served lexically (a language
             # the encoder does not know): twins are as common in Chinese as in English.
-            reorder = mode == "hybrid" and precision.active(self.cfg.precision)
+            reorder = precision.applies(mode, self.cfg.precision)
             if mode == "hybrid" and req.query.language not in self.cfg.dense_languages:
                 mode = "lexical"  # the response's `mode` says so
             fetch = max(req.top_k, self.cfg.precision.candidates) if reorder else req.top_k

@@ -93,9 +93,10 @@ def newest_first(hits: Sequence[Hit], threshold: float, field: str) -> list[Hit]
     return out
 
 
-def active(cfg: PrecisionConfig) -> bool:
-    """Whether a feature is on (else hybrid results are the fusion's, as they come)."""
-    return (cfg.exact_terms and cfg.exact_term_weight > 0) or cfg.prefer_newest != "off"
+def applies(mode: str, cfg: PrecisionConfig) -> bool:
+    """Whether a request of ``mode`` is reordered: hybrid ones, when a feature is on (else hybrid
+    results are the fusion's, as they come; dense and lexical stay the plain retrievers)."""
+    return mode == "hybrid" and ((cfg.exact_terms and cfg.exact_term_weight > 0) or cfg.prefer_newest != "off")
 
 
 def reorder(hits: Sequence[Hit], terms: Sequence[str], cfg: PrecisionConfig, rank_k: int) -> list[Hit]:

@@ -29,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from deployments import models
 from deployments.bench.sequential import SequentialClients
 from deployments.tune import artefacts, data, evaluate, rollout, synth, train
 
@@ -85,15 +86,13 @@ def fit(tuning: Tuning, **kw) -> tuple[Path, dict]:
 
 def test_a_killed_training_worker_resumes_from_its_checkpoint(tuning: Tuning) -> None:
     seed = int(time.time())  # a version of its own: trained here, never reused from the cache
-    done: dict = {}
-    worker = threading.Thread(target=lambda: done.update(zip(("path", "metrics"), fit(tuning, seed=seed))))
-    worker.start()
-    from deployments import models
-
     # This run's own directory (the cache may hold other runs'), and the file Ray Train writes once
     # its controller has registered a checkpoint (the one a restarted worker group resumes from).
     ver = train.version(Path(models.resolve(BASE)), tuning.data_dir, params(seed=seed))
     registered = artefacts.root() / "runs" / artefacts.name("encoder", ver) / "checkpoint_manager_snapshot.json"
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(zip(("path", "metrics"), fit(tuning, seed=seed))))
+    worker.start()
     deadline = time.monotonic() + 600
     while not registered.exists() or not _alive_workers():
         assert worker.is_alive() and time.monotonic() < deadline, "training ended or stalled before a checkpoint"
@@ -192,7 +191,6 @@ def _switch_under_load(stack, config: Path, model: str, label: str) -> Clients:
 
 
 def test_tune_evaluate_roll_out_and_back_under_load(stack, tuning: Tuning, tmp_path: Path) -> None:
-    from deployments import models
     from deployments.search.store import connect
 
     path, metrics = fit(tuning, seed=0)
