@@ -76,6 +76,9 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("rag_tenant_generated_tokens_total", "counter", "Tokens generated for a tenant's keys.", ("tenant",)),
     MetricSpec("rag_tenant_rejections_total", "counter", "Requests refused before any work, by error type "
                "(authentication_error, permission_error, rate_limit_error).", ("tenant", "reason")),
+    # Serve's HTTP proxy (deployments/ingress/gate.py)
+    MetricSpec("rag_proxy_shed_total", "counter", "Retrievals the proxy refused (503) past the retrieval budget, "
+               "by path.", ("path",)),
 )
 _BY_NAME = {s.name: s for s in SPECS}
 _live: dict[str, Any] = {}

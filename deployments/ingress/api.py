@@ -14,6 +14,8 @@ from deployments.ingress.routes import ROUTERS
 #: Routes whose first step is a retrieval: refused before any work when the retrieval admission
 #: would refuse them (``http.SheddingMiddleware``).
 SHED_PATHS = ("/v1/retrieve", "/v1/query")
+#: Of those, the routes whose whole latency is one retrieval: the proxy's gate sheds them too.
+PROXY_SHED_PATHS = frozenset({"/v1/retrieve"})
 
 DESCRIPTION = (
     "Retrieval-augmented generation on Ray Serve: questions are answered from passages retrieved from "
@@ -35,10 +37,10 @@ def build_api(pipeline: Pipeline) -> FastAPI:
         app.include_router(module.router(pipeline))
     # The last added is the outermost: the request id and metrics see every refusal too. Before
     # all of these, Serve's proxy runs its own (gate.proxy_middlewares: repeats of a key just refused
-    # for its rate). The shedding stays here, not in the proxy: it needs this replica's in-flight
-    # retrievals and measured service time.
+    # for its rate, and retrievals past the budget this app announces to it: gate.py).
     shed = {r.path: r for r in app.router.routes if getattr(r, "path", None) in SHED_PATHS}
-    app.add_middleware(http.SheddingMiddleware, admission=pipeline.admission, routes=shed)
+    app.add_middleware(http.SheddingMiddleware, admission=pipeline.admission, routes=shed,
+                       announced=PROXY_SHED_PATHS)
     app.add_middleware(http.IngressMiddleware)
     openapi.install(app)
     return app

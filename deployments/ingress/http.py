@@ -225,23 +225,44 @@ class SheddingMiddleware:
     costs the ingress (whose one event loop is the first thing a flood saturates) as little as it
     can; the requests let through are still admitted, or refused, by the pipeline itself.
 
+    The responses of ``announced`` routes (those whose whole latency is one retrieval) carry the
+    budget to the proxy's gate (``gate.BUDGET_HEADER``), which sheds them there too, measured on
+    what it sees: cache hits and queueing in front of this replica included.
+
     Args:
         app: the app it wraps.
         admission: the pipeline's retrieval admission.
         routes: the routes it guards, by path (each one's route object labels its metrics).
+        announced: paths of ``routes`` whose responses announce the budget.
     """
 
-    def __init__(self, app: ASGIApp, admission: Any, routes: dict[str, Any]) -> None:
-        self.app, self.admission, self.routes = app, admission, routes
+    def __init__(self, app: ASGIApp, admission: Any, routes: dict[str, Any], announced: frozenset[str]) -> None:
+        self.app, self.admission, self.routes, self.announced = app, admission, routes, announced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        err = self.admission.refusal() if route is not None and scope.get("method") == "POST" else None
-        if err is None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        route = self.routes.get(path)
+        if route is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        if path in self.announced:
+            send = self._announcing(send)
+        if (err := self.admission.refusal()) is None:
             await self.app(scope, receive, send)
             return
         scope["route"] = route
         await error_response(err)(scope, receive, send)
+
+    def _announcing(self, send: Send) -> Send:
+        budget = self.admission.budget_s
+        value = b"off" if budget is None else f"{budget * 1000:g};{self.admission.min_in_flight}".encode()
+
+        async def announcing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (gate.BUDGET_HEADER.encode(), value)]}
+            await send(message)
+
+        return announcing
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:

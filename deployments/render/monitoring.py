@@ -249,7 +249,9 @@ def _extra_panels() -> dict[str, list[dict[str, Any]]]:
                    [(rate_sum(ingress, "route, code", None, w), "{{route}} {{code}}")]),
             _panel("ingress: 5xx share by route", "percentunit",
                    [(f"{rate_sum(ingress, 'route', FIVE_XX, w)} / {rate_sum(ingress, 'route', None, w)}",
-                     "{{route}}")])],
+                     "{{route}}")]),
+            _panel("proxy: retrievals shed past the budget", "reqps",
+                   [(rate_sum(series("rag_proxy_shed_total"), "path", None, w), "{{path}}")])],
         "encoder batching": [
             _panel("encoder: batch size", "short",
                    [(batch_mean("application", w), "mean"),

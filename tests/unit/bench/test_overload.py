@@ -60,5 +60,5 @@ def test_each_target_is_judged_against_its_own_budget() -> None:
     from deployments.config import parse_app_config
 
     b = budgets(parse_app_config({"ingress": {"retrieve_budget_s": 0.5}, "generator": {"ttft_budget_s": 30}}))
-    assert b == {"retrieve": 0.5, "query": 30.0, "generate": 30.0}
+    assert b == {"retrieve": 0.5, "retrieve_cached": 0.5, "query": 30.0, "generate": 30.0}
     assert budgets(parse_app_config({"ingress": {"retrieve_budget_s": None}}))["retrieve"] == math.inf

@@ -144,7 +144,7 @@ def test_the_middleware_refuses_a_retrieval_route_before_reading_its_body() -> N
     a = RetrievalAdmission(budget_s=1.0, clock=Clock())
     a.recent.append(0.6)
     route = object()
-    mw = SheddingMiddleware(None, a, {"/v1/retrieve": route})
+    mw = SheddingMiddleware(None, a, {"/v1/retrieve": route, "/v1/query": route}, frozenset({"/v1/retrieve"}))
     assert _call(mw, "/v1/retrieve")[1]  # nothing in flight: passed on
     a.admit()  # one in flight: the next is estimated at 1.2 s > 1 s
     sent, reached, scope = _call(mw, "/v1/retrieve")
@@ -152,6 +152,9 @@ def test_the_middleware_refuses_a_retrieval_route_before_reading_its_body() -> N
     start, body = sent[0], json.loads(sent[1]["body"])
     assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
     assert body["error"]["type"] == "overloaded_error" and body["error"]["code"] == 503
+    # A route whose whole latency is a retrieval tells the proxy's gate the budget and the floor.
+    assert (b"x-ragserve-retrieve-budget", b"1000;1") in start["headers"]
+    assert all(k != b"x-ragserve-retrieve-budget" for k, _ in _call(mw, "/v1/query")[0][0]["headers"])
     assert _call(mw, "/healthz", "GET")[1] and _call(mw, "/v1/retrieve", "GET")[1]  # other routes pass
 
 
@@ -169,3 +172,4 @@ def test_the_app_guards_the_retrieval_routes_with_the_pipelines_admission() -> N
     shed = stack[1].kwargs
     assert shed["admission"] is pipeline.admission
     assert sorted(shed["routes"]) == sorted(SHED_PATHS)  # every guarded path is a real route
+    assert shed["announced"] <= set(SHED_PATHS)

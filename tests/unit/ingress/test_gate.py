@@ -154,3 +154,78 @@ def test_the_proxy_hook_returns_what_serve_accepts() -> None:
     hook = next(v.value for v in envs.VARS if v.name == "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH")
     middlewares = validate_http_proxy_callback_return(import_attr(hook)())
     assert [m.cls for m in middlewares] == [gate.RefusalGate]
+
+
+# --------------------------------------------------------------------------- retrieval shedding
+class Retrieving:
+    """An app answering every request 200 after ``latency`` seconds of the fake clock, its
+    responses announcing ``budget`` (the ingress's ``gate.BUDGET_HEADER``); ``fail`` raises instead."""
+
+    def __init__(self, clock: Clock, budget: bytes = b"1000;1", latency: float = 0.0) -> None:
+        self.clock, self.budget, self.latency, self.calls, self.fail = clock, budget, latency, 0, False
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.calls += 1
+        self.clock.t += self.latency
+        if self.fail:
+            raise RuntimeError("the ingress went away")
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (gate.BUDGET_HEADER.encode(), self.budget)]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def post(app, path: str) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await c.post(path, json={"question": "q"})
+
+    return asyncio.run(go())
+
+
+def test_the_gate_learns_the_budget_and_sheds_retrievals_past_it_in_the_one_shape() -> None:
+    clock, shed = Clock(), []
+    inner = Retrieving(clock, latency=0.6)
+    app = gate.RefusalGate(inner, clock=clock, on_shed=shed.append)
+    first = post(app, "/v1/retrieve")  # no budget known yet: passed on, and it is learnt from the response
+    assert first.status_code == 200 and gate.BUDGET_HEADER not in first.headers
+    admission = app.admissions["/v1/retrieve"]
+    assert (admission.budget_s, admission.min_in_flight, admission.service_s) == (1.0, 1, None)
+    assert post(app, "/v1/retrieve").status_code == 200 and admission.in_flight == 0
+    assert admission.service_s == pytest.approx(0.6)  # measured by the gate: one alone took 0.6 s
+    admission.admit()  # one in flight: the next is estimated at 1.2 s > 1 s
+    refused = post(app, "/v1/retrieve")
+    assert refused.status_code == 503 and inner.calls == 2 and shed == ["/v1/retrieve"]
+    err = refused.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == 503
+    assert err["type"] == "overloaded_error" and "budget" in err["message"]
+    assert refused.headers["retry-after"] == "1" and refused.headers["x-request-id"]
+    assert get(app, "/v1/retrieve", None).status_code == 200  # only POST is a retrieval
+    assert post(app, "/v1/query").status_code == 200  # a path with no budget announced passes
+
+
+def test_a_retrieval_that_failed_ends_its_ticket_without_a_sample() -> None:
+    clock = Clock()
+    inner = Retrieving(clock, latency=0.01)
+    app = gate.RefusalGate(inner, clock=clock, on_shed=lambda p: None)
+    post(app, "/v1/retrieve")  # learnt
+    post(app, "/v1/retrieve")  # measured
+    admission = app.admissions["/v1/retrieve"]
+    inner.fail, inner.latency = True, 5.0
+    with pytest.raises(RuntimeError):
+        post(app, "/v1/retrieve")
+    assert admission.in_flight == 0 and list(admission.recent) == [pytest.approx(0.01)]
+
+
+def test_a_budget_turned_off_or_changed_by_the_ingress_is_taken_up() -> None:
+    clock = Clock()
+    inner = Retrieving(clock)
+    app = gate.RefusalGate(inner, clock=clock)
+    post(app, "/v1/retrieve")
+    inner.budget = b"250;4"
+    post(app, "/v1/retrieve")
+    assert (app.admissions["/v1/retrieve"].budget_s, app.admissions["/v1/retrieve"].min_in_flight) == (0.25, 4)
+    inner.budget = b"off"
+    assert post(app, "/v1/retrieve").status_code == 200 and app.admissions == {}
+    inner.budget = b"soon"  # malformed: ignored, the ingress's own admission still holds
+    post(app, "/v1/retrieve")
+    assert app.admissions == {}
