@@ -156,7 +156,7 @@ def cmd_overload(args: argparse.Namespace, cfg: AppConfig, targets: list[str]) -
     extra = {"machine": machine(args.url), "budgets_s": budgets, "command": " ".join(["ragserve", *sys.argv[1:]])}
     for target in targets:
         print(f"budget of {target}: {overload.BUDGET_FIELDS[target]} = {budgets[target]:g}s "
-              f"({'whole latency of an admitted retrieval' if target == 'retrieve' else 'time to first token'})")
+              f"({'whole latency of an admitted retrieval' if overload.is_retrieval(target) else 'time to first token'})")
     concurrencies = [int(x) for x in (args.concurrency or "4,8,16").split(",")]
     multiples = [float(x) for x in args.multiples.split(",")]
     print(overload.HEADER)

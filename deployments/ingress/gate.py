@@ -30,7 +30,8 @@ on every response of a route whose whole latency is one retrieval (:data:`BUDGET
 here), the budget and the floor of retrievals always admitted; the gate then runs the same
 Little's-law admission (:class:`~deployments.ingress.admission.RetrievalAdmission`) over what it
 measures itself: that route's requests in flight through this proxy and their latency, cache hits
-and queueing in front of the ingress included. A refused one gets the admission's 503 with
+and queueing in front of the ingress included, plus what a request waited before the gate saw it
+(:class:`LoopLag`: the proxy parses requests on the same event loop). A refused one gets the admission's 503 with
 ``Retry-After`` in the one error shape, from the proxy.
 
 It is installed in every proxy through Ray Serve's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
@@ -40,6 +41,7 @@ must stay light (no FastAPI app, no torch), it is imported by the proxy process.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -82,6 +84,32 @@ class Hold:
     tenant: str
 
 
+class LoopLag:
+    """How late this event loop runs what is due: about how long a request that arrives now waits
+    (uvicorn reads and parses it on the same loop) before the gate sees it. A task sleeps
+    :attr:`PERIOD` over and over and keeps its last overshoot; it starts on the first call in a
+    loop."""
+
+    PERIOD = 0.05
+
+    def __init__(self) -> None:
+        self.lag_s = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None  # referenced: the loop keeps only a weak one
+
+    def __call__(self) -> float:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._task = loop, loop.create_task(self._sample())
+        return self.lag_s
+
+    async def _sample(self) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(self.PERIOD)
+            self.lag_s = max(0.0, time.monotonic() - t - self.PERIOD)
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope.get("headers", []):
         if k == name:
@@ -98,12 +126,14 @@ class RefusalGate:
         clock: monotonic seconds (injected by tests).
         on_refuse: called with the tenant label of every refusal the gate answers itself.
         on_shed: called with the path of every retrieval the gate sheds itself.
+        lag: seconds a request waited before the gate saw it (default: :class:`LoopLag`).
     """
 
     def __init__(self, app: ASGIApp, max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.monotonic,
                  on_refuse: Callable[[str], None] | None = None,
-                 on_shed: Callable[[str], None] | None = None) -> None:
+                 on_shed: Callable[[str], None] | None = None, lag: Callable[[], float] | None = None) -> None:
         self.app, self.max_keys, self.clock = app, max_keys, clock
+        self.lag = lag or LoopLag()
         self.on_refuse = on_refuse or _count_refusal
         self.on_shed = on_shed or _count_shed
         self.holds: OrderedDict[bytes, Hold] = OrderedDict()
@@ -126,7 +156,7 @@ class RefusalGate:
             await self.app(scope, receive, self._watch(key, path, send, {}))
             return
         try:
-            ticket = admission.admit()
+            ticket = admission.admit(self.lag())
         except OverloadedError as err:
             self.on_shed(path)
             await _send_error(scope, send, err.status, json.dumps(err.body()).encode(), err.retry_after_s)

@@ -114,6 +114,32 @@ def test_one_slow_first_retrieval_does_not_set_the_estimate() -> None:
     assert [a.admit() for _ in range(5)]  # five in flight: about 0.45 s, within the budget
 
 
+def test_the_estimate_is_scaled_by_how_far_off_recent_estimates_were() -> None:
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=1.0, clock=clock)
+    a.recent.append(0.1)
+    t = a.admit()  # alone: estimated at 0.1 s
+    clock.t += 0.25
+    a.done(t)
+    assert list(a.errors) == [pytest.approx(2.5)]  # it took 2.5 times its estimate
+    assert a.margin == 1.0  # too few errors yet to scale by
+    a.errors.clear()
+    a.errors.extend([1.0] * 100 + [2.5] * 4)  # the 97th percentile is 2.5
+    a.recent.clear()
+    a.recent.append(0.1)
+    assert a.margin == pytest.approx(2.5)
+    for _ in range(3):
+        a.admit()
+    assert a.refusal() is None  # 4 x 0.1 s x 2.5 = 1.0 s: within the budget
+    a.admit()
+    err = a.refusal()
+    assert err is not None and "1250 ms" in err.message  # 5 x 0.1 s x 2.5
+    a.errors.clear()
+    a.errors.extend([0.5] * 20)  # estimates too high: the margin never goes below 1
+    assert a.margin == 1.0 and a.refusal() is None
+    assert a.refusal(wait_s=0.6) is not None  # time already waited elsewhere counts
+
+
 # --------------------------------------------------------------------------- the middleware
 def _call(middleware, path: str, method: str = "POST") -> tuple[list[dict], bool, dict]:
     import asyncio

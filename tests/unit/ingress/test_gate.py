@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -229,3 +230,27 @@ def test_a_budget_turned_off_or_changed_by_the_ingress_is_taken_up() -> None:
     inner.budget = b"soon"  # malformed: ignored, the ingress's own admission still holds
     post(app, "/v1/retrieve")
     assert app.admissions == {}
+
+
+def test_time_waited_before_the_gate_counts_against_the_budget() -> None:
+    clock, waited = Clock(), [0.0]
+    app = gate.RefusalGate(Retrieving(clock, latency=0.1), clock=clock, lag=lambda: waited[0])
+    post(app, "/v1/retrieve")
+    post(app, "/v1/retrieve")
+    app.admissions["/v1/retrieve"].admit()  # one in flight: estimated at 0.2 s
+    assert post(app, "/v1/retrieve").status_code == 200
+    waited[0] = 0.85  # the proxy's loop runs 0.85 s late: 1.05 s in all
+    assert post(app, "/v1/retrieve").status_code == 503
+
+
+def test_the_loop_lag_measures_a_blocked_loop() -> None:
+    lag = gate.LoopLag()
+
+    async def go() -> float:
+        lag()
+        await asyncio.sleep(0.01)  # the sampler is sleeping now
+        time.sleep(0.3)  # the loop is blocked past its wake-up (due 0.04 s from now)
+        await asyncio.sleep(0.01)  # the sampler wakes first, 0.26 s late (or later on a busy machine)
+        return lag()
+
+    assert asyncio.run(go()) >= 0.2  # a lower bound only: a slower machine makes it larger
