@@ -71,8 +71,10 @@ class Encoder:
         return [c.text for c in chunk_text(text, max_tokens, overlap_tokens, self.embedder.count_tokens)]
 
     async def info(self) -> dict[str, int | str]:
-        """Model name, vector dimension and tag (for /v1/embeddings and the search schema)."""
-        return {"model": self.embedder.name, "dim": self.dim, "encoder": self.tag}
+        """Model name, vector dimension and tag (for /v1/embeddings and the search schema), and the
+        backend/precision running it (for operators and the rolling-update test)."""
+        return {"model": self.embedder.name, "dim": self.dim, "encoder": self.tag,
+                "backend": f"{self.cfg.backend}/{self.cfg.precision}"}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)  # both reset from the config in __init__
     async def _batched(self, texts: list[str]) -> list[tuple[list[float], float]]:

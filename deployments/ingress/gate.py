@@ -31,8 +31,8 @@ here), the budget and the floor of retrievals always admitted; the gate then run
 Little's-law admission (:class:`~deployments.ingress.admission.RetrievalAdmission`) over what it
 measures itself: that route's requests in flight through this proxy and their latency, cache hits
 and queueing in front of the ingress included, plus what a request waited before the gate saw it
-(:class:`LoopLag`: the proxy parses requests on the same event loop). A refused one gets the admission's 503 with
-``Retry-After`` in the one error shape, from the proxy.
+(:class:`LoopLag`: the proxy parses requests on the same event loop). A refused one gets the
+admission's 503 with ``Retry-After`` in the one error shape, from the proxy.
 
 It is installed in every proxy through Ray Serve's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
 (declared in ``deployments/envs.py``), which imports :func:`proxy_middlewares`: this module

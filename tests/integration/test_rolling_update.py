@@ -2,7 +2,7 @@
 
 Three updates of the running app, each while three sequential clients keep asking (retrieval,
 a generated answer, a streamed answer): a new generator setting, a scaled stage (preprocess
-1 -> 2 replicas), and back. Any change of the application's ``args`` gives every deployment a
+1 -> 2 replicas) with a new encoder backend (torch <-> openvino), and back. Any change of the application's ``args`` gives every deployment a
 new code version in Ray Serve (the version hashes the args), so each update replaces every
 stage, the vLLM engine included; Serve starts each replacement before it stops the old replica
 (``max_surge_percent``), so every request must succeed and every stream must end with its
@@ -81,6 +81,12 @@ def _running(deployment: str) -> set[str]:
     return {rid for rid, state in _replicas(deployment).items() if state == "RUNNING"}
 
 
+def _encoder_backend() -> str:
+    from ray import serve
+
+    return serve.get_deployment_handle("encoder", "ragserve").info.remote().result(timeout_s=60)["backend"]
+
+
 def _default_tokens(client: httpx.Client) -> int:
     """Tokens generated for a request that names no limit (the generator's configured default)."""
     r = client.post("/v1/generate", json={"prompt": COUNTING})
@@ -129,9 +135,13 @@ def test_config_updates_under_load_fail_no_request(stack) -> None:
     def new_generator_setting(args: dict) -> None:
         args["generator"]["sampling"]["max_tokens"] = NEW_MAX_TOKENS
 
+    backend = stack.cfg.encoder.backend
+    new_backend = "openvino" if backend == "torch" else "torch"
+
     def scaled(args: dict) -> None:
         new_generator_setting(args)
         args["preprocess"]["deployment"]["autoscaling"].update(min_replicas=2, max_replicas=2)
+        args["encoder"].update(backend=new_backend, precision="fp32")
 
     try:
         _update_under_load(stack.url, _changed(base, new_generator_setting), "a new generator setting")
@@ -139,8 +149,11 @@ def test_config_updates_under_load_fail_no_request(stack) -> None:
         assert len(after) == 1 and after != before, (before, after)  # the engine was replaced...
         assert _default_tokens(stack.client) <= NEW_MAX_TOKENS  # ... and runs the new setting
 
-        _update_under_load(stack.url, _changed(base, scaled), "preprocess scaled to 2 replicas")
+        _update_under_load(stack.url, _changed(base, scaled),
+                           f"preprocess scaled to 2 replicas, the encoder on {new_backend}")
         assert len(_running("preprocess")) == 2 and _default_tokens(stack.client) <= NEW_MAX_TOKENS
+        assert _encoder_backend() == f"{new_backend}/fp32"
     finally:
         _update_under_load(stack.url, base, "back to the shipped config")
     assert len(_running("preprocess")) == 1 and _default_tokens(stack.client) > NEW_MAX_TOKENS
+    assert _encoder_backend().startswith(backend + "/")
