@@ -170,6 +170,10 @@ class OverloadStep:
     budget_s: float
     within_budget: bool | None  # admitted p99 (TTFT for generation) <= budget; None without admitted requests
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How late the load generator's own event loop ran (it shares the machine): a step whose
+    # client lag is near the latencies measured says more about the client than the server.
+    client_lag_p99_ms: float = math.nan
+    client_lag_max_ms: float = math.nan
 
 
 def summarize_step(target: str, multiple: float, rate: float, outcomes: Sequence[Outcome], elapsed_s: float,
@@ -212,15 +216,25 @@ async def capacity(url: str, call, concurrencies: Sequence[int], duration_s: flo
     return max(rates.values()), rates
 
 
+async def loop_lag(stop: asyncio.Event, lags_ms: list[float], period_s: float = 0.05) -> None:
+    """Until ``stop``: how late this event loop wakes from a ``period_s`` sleep, each time."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(period_s)
+        lags_ms.append(max(0.0, time.perf_counter() - t - period_s) * 1000)
+
+
 async def overload_step(url: str, target: str, call, multiple: float, rate: float, duration_s: float,
                         max_requests: int, budget_s: float, seed: int) -> OverloadStep:
     """Open-loop arrivals at ``rate`` with the retrieve and health probes running alongside."""
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
+    lags: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client, \
             httpx.AsyncClient(base_url=url, timeout=300) as probe_client:
         stop = asyncio.Event()
         probes = [Probe("/v1/retrieve"), Probe("/healthz")]
         running = [asyncio.create_task(p.run(probe_client, stop)) for p in probes]
+        running.append(asyncio.create_task(loop_lag(stop, lags)))
         try:
             outcomes, elapsed = await load.open_loop(call, client, rate, duration_s, max_requests, seed=seed)
         finally:
@@ -228,6 +242,7 @@ async def overload_step(url: str, target: str, call, multiple: float, rate: floa
             await asyncio.gather(*running)
     step = summarize_step(target, multiple, rate, outcomes, elapsed, budget_s)
     step.probes = {p.route: p.summary() for p in probes}
+    step.client_lag_p99_ms, step.client_lag_max_ms = percentile(lags, 99), max(lags, default=math.nan)
     return step
 
 
@@ -281,7 +296,7 @@ def run(url: str, targets: Sequence[str], multiples: Sequence[float], concurrenc
 
 HEADER = (f"{'target':8} {'x':>3} {'offer/s':>7} {'offered':>7} {'admit':>5} {'rejected':>14} {'RA':>4} "
           f"{'shape':>5} {'rej p99':>7} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>7} {'ttft99':>7} {'budget':>6} "
-          f"{'ok?':>4} {'retrieve p50':>12} {'healthz p50':>11}  other")
+          f"{'ok?':>4} {'retrieve p50':>12} {'healthz p50':>11} {'lag99':>6}  other")
 
 
 def format_step(s: OverloadStep) -> str:
@@ -294,4 +309,5 @@ def format_step(s: OverloadStep) -> str:
             f"{s.rejected_with_retry_after:4d} {s.rejected_in_error_shape:5d} {f(s.reject_p99_ms, 7)} "
             f"{f(s.admitted_p50_ms, 8)} {f(s.admitted_p99_ms, 8)} {f(s.ttft_p50_ms, 7)} {f(s.ttft_p99_ms, 7)} "
             f"{s.budget_s:6g} {verdict:>4} {f(s.probes.get('/v1/retrieve', {}).get('p50_ms', math.nan), 12)} "
-            f"{f(s.probes.get('/healthz', {}).get('p50_ms', math.nan), 11)}  {s.failed or ''}")
+            f"{f(s.probes.get('/healthz', {}).get('p50_ms', math.nan), 11)} {f(s.client_lag_p99_ms, 6)}  "
+            f"{s.failed or ''}")
