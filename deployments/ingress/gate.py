@@ -34,6 +34,13 @@ and queueing in front of the ingress included, plus what a request waited before
 (:class:`LoopLag`: the proxy parses requests on the same event loop). A refused one gets the
 admission's 503 with ``Retry-After`` in the one error shape, from the proxy.
 
+Last, the gate keeps Serve's own answers in the one error shape (:func:`_shaped`): Serve's proxy
+writes its errors as plain text (a 503 while the app is unavailable or past a queue bound, a 408
+past ``request_timeout_s``, a 404 outside every route prefix), and when the replica handling a
+request dies before answering it writes nothing, and uvicorn then sends a plain-text 500 (seen
+in the chaos matrix when an ingress replica was killed). Those become the same status (a 503 with
+``Retry-After: 1`` for the dead replica: a retry reaches a live one) in the JSON error shape.
+
 It is installed in every proxy through Ray Serve's ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
 (declared in ``deployments/envs.py``), which imports :func:`proxy_middlewares`: this module
 must stay light (no FastAPI app, no torch), it is imported by the proxy process.
@@ -44,17 +51,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.errors import OverloadedError
+from deployments.errors import (
+    DependencyTimeoutError,
+    DependencyUnavailableError,
+    NotFoundError,
+    OverloadedError,
+    RagServeError,
+    RateLimitedError,
+    error_body,
+)
 from deployments.ingress.admission import RetrievalAdmission
 
 HOLD_HEADER = "x-ragserve-hold-ms"
@@ -64,6 +81,13 @@ TENANT_HEADER = "x-ragserve-hold-tenant"
 #: (the ingress's retrieval admission), or ``off`` when it has no budget.
 BUDGET_HEADER = "x-ragserve-retrieve-budget"
 _PRIVATE = {HOLD_HEADER.encode(), SCOPE_HEADER.encode(), TENANT_HEADER.encode(), BUDGET_HEADER.encode()}
+log = logging.getLogger(__name__)
+#: The error type of a status Serve's proxy answers with by itself.
+_TYPES = {404: NotFoundError.type, 408: DependencyTimeoutError.type, 429: RateLimitedError.type,
+          503: DependencyUnavailableError.type, 504: DependencyTimeoutError.type}
+#: What a client hears when the replica handling its request died before answering.
+NO_ANSWER = ("the replica handling this request stopped before it answered (a replica restarting or "
+             "replaced); retry it")
 #: Paths with a retrieval admission at once (a route prefix per app makes a path per app and route).
 MAX_PATHS = 64
 #: Refused keys remembered at once; past it the oldest refusal is forgotten (its key then reaches
@@ -153,7 +177,7 @@ class RefusalGate:
             return
         admission = self.admissions.get(path) if scope.get("method") == "POST" else None
         if admission is None:
-            await self.app(scope, receive, self._watch(key, path, send, {}))
+            await self._forward(scope, receive, send, key, path, {})
             return
         try:
             ticket = admission.admit(self.lag())
@@ -163,9 +187,23 @@ class RefusalGate:
             return
         status: dict[str, int] = {}
         try:
-            await self.app(scope, receive, self._watch(key, path, send, status))
+            await self._forward(scope, receive, send, key, path, status)
         finally:  # also when the client went away or the app raised: the ticket must end
             admission.done(ticket, measured=status.get("code") == 200)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, key: bytes | None, path: str,
+                       status: dict[str, int]) -> None:
+        """The proxy's app, with its private headers read (:meth:`_watch`) and its own errors in
+        the one shape (:func:`_shaped`); a request it left unanswered gets a 503 (:data:`NO_ANSWER`)."""
+        try:
+            await self.app(scope, receive, _shaped(self._watch(key, path, send, status)))
+        except Exception:
+            if "code" in status:
+                raise
+            log.warning("request to %s failed before any response", path, exc_info=True)
+        if "code" not in status:
+            body = json.dumps(error_body(NO_ANSWER, DependencyUnavailableError.type, 503)).encode()
+            await _send_error(scope, send, 503, body, 1)
 
     def _held(self, key: bytes, path: str) -> Hold | None:
         hold = self.holds.get(key)
@@ -231,6 +269,34 @@ class RefusalGate:
         self.holds.move_to_end(key)
         while len(self.holds) > self.max_keys:
             self.holds.popitem(last=False)
+
+
+def _shaped(send: Send) -> Send:
+    """``send`` that rewrites an error response written as plain text (Serve's proxy's own) into
+    the one error shape: same status, the text as its message, other headers (``Retry-After``) kept."""
+    held: dict[str, Any] = {}
+    text = bytearray()
+
+    async def shaped(message: Message) -> None:
+        if message["type"] == "http.response.start" and message.get("status", 200) >= 400 and \
+                (_header(message, b"content-type") or b"").startswith(b"text/plain"):
+            held.update(message)
+            return
+        if not held or message["type"] != "http.response.body":
+            await send(message)
+            return
+        text.extend(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        code = held["status"]
+        out = json.dumps(error_body(text.decode("utf-8", "replace")[:500] or f"HTTP {code}",
+                                    _TYPES.get(code, RagServeError.type), code)).encode()
+        headers = [(k, v) for k, v in held.get("headers", []) if k not in (b"content-type", b"content-length")]
+        await send({"type": "http.response.start", "status": code, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(out)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": out})
+
+    return shaped
 
 
 async def _send_error(scope: Scope, send: Send, status: int, body: bytes, retry_after_s: float) -> None:

@@ -18,8 +18,9 @@ def encoder() -> Encoder:
     return Encoder.func_or_class(EncoderConfig())
 
 
-def test_info_names_the_model_its_dimension_and_tag(encoder: Encoder) -> None:
-    assert asyncio.run(encoder.info()) == {"model": "bundled:all-MiniLM-L6-v2", "dim": 384, "encoder": ""}
+def test_info_names_the_model_its_dimension_tag_and_backend(encoder: Encoder) -> None:
+    assert asyncio.run(encoder.info()) == {"model": "bundled:all-MiniLM-L6-v2", "dim": 384, "encoder": "",
+                                           "backend": f"{encoder.cfg.backend}/{encoder.cfg.precision}"}
 
 
 def test_a_question_vector_says_which_encoder_made_it(encoder: Encoder, monkeypatch) -> None:

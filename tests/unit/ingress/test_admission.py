@@ -118,13 +118,19 @@ def test_the_estimate_is_scaled_by_how_far_off_recent_estimates_were() -> None:
     clock = Clock()
     a = RetrievalAdmission(budget_s=1.0, clock=clock)
     a.recent.append(0.1)
-    t = a.admit()  # alone: estimated at 0.1 s
+    t = a.admit()  # alone: estimated at 0.1 s, far from the budget: its error does not count
     clock.t += 0.25
     a.done(t)
-    assert list(a.errors) == [pytest.approx(2.5)]  # it took 2.5 times its estimate
+    assert list(a.errors) == []
+    a.recent.extend([0.1] * 15)
+    tickets = [a.admit() for _ in range(3)]  # the third estimated at 0.3 s: near the budget
+    clock.t += 0.6
+    for t in tickets:
+        a.done(t)
+    assert list(a.errors) == [pytest.approx(2.0)]  # it took twice its estimate
     assert a.margin == 1.0  # too few errors yet to scale by
     a.errors.clear()
-    a.errors.extend([1.0] * 100 + [2.5] * 4)  # the 97th percentile is 2.5
+    a.errors.extend([1.0] * 90 + [2.5] * 14)  # the 90th percentile is 2.5
     a.recent.clear()
     a.recent.append(0.1)
     assert a.margin == pytest.approx(2.5)

@@ -212,8 +212,7 @@ def test_a_retrieval_that_failed_ends_its_ticket_without_a_sample() -> None:
     post(app, "/v1/retrieve")  # measured
     admission = app.admissions["/v1/retrieve"]
     inner.fail, inner.latency = True, 5.0
-    with pytest.raises(RuntimeError):
-        post(app, "/v1/retrieve")
+    assert post(app, "/v1/retrieve").status_code == 503  # answered by the gate: see below
     assert admission.in_flight == 0 and list(admission.recent) == [pytest.approx(0.01)]
 
 
@@ -254,3 +253,50 @@ def test_the_loop_lag_measures_a_blocked_loop() -> None:
         return lag()
 
     assert asyncio.run(go()) >= 0.2  # a lower bound only: a slower machine makes it larger
+
+
+# --------------------------------------------------------------------------- Serve's own errors
+def _gate_around(app):
+    return gate.RefusalGate(app, clock=Clock(), lag=lambda: 0.0)
+
+
+def test_a_plain_text_error_of_serves_proxy_is_put_in_the_one_shape() -> None:
+    async def backpressure(scope, receive, send) -> None:  # what Serve's proxy writes by itself
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"2")]})
+        await send({"type": "http.response.body", "body": b"Request dropped due to ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"backpressure"})
+
+    r = post(_gate_around(backpressure), "/v1/query")
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    assert r.json() == {"error": {"message": "Request dropped due to backpressure", "type": "service_unavailable",
+                                  "param": None, "code": 503}}
+
+
+def test_a_json_error_of_the_app_passes_unchanged() -> None:
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"error": {"message": "mine"}}'})
+
+    assert post(_gate_around(app), "/v1/query").json() == {"error": {"message": "mine"}}
+
+
+@pytest.mark.parametrize("how", ["returns", "raises"])
+def test_a_request_left_unanswered_gets_a_503_to_retry_not_a_plain_500(how: str) -> None:
+    async def died(scope, receive, send) -> None:  # the replica died: Serve yields no message
+        if how == "raises":
+            raise RuntimeError("replica gone")
+
+    r = post(_gate_around(died), "/v1/retrieve")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    err = r.json()["error"]
+    assert err["type"] == "service_unavailable" and err["code"] == 503 and "retry" in err["message"]
+
+
+def test_an_error_after_the_response_started_is_not_hidden() -> None:
+    async def cut(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("cut mid-stream")
+
+    with pytest.raises(RuntimeError):
+        post(_gate_around(cut), "/v1/query")
