@@ -172,6 +172,66 @@ def test_replace_is_atomic_for_concurrent_readers(stack, coll: str) -> None:
     assert not bad, bad[:5]
 
 
+def _search_replicas() -> set[int]:
+    """Pids of the app's search replicas (by process title: the stack runs no dashboard)."""
+    from deployments.reliability.procs import app_processes
+
+    return {p.pid for p, role in app_processes() if role == "ServeReplica:ragserve:search"}
+
+
+def test_a_write_cut_by_a_killed_search_replica_leaves_one_whole_version(stack, coll: str) -> None:
+    """A document write whose search replica is SIGKILLed while it runs (at three points of it):
+    once the replica is replaced, the document is its old version or its new one, whole, never a
+    mix; a write that answered 200 is the new one; none is blamed on the client (no 4xx)."""
+    versions = [{"id": "cut", "text": _text("gamma", 70), "title": "Cut"},
+                {"id": "cut", "text": _text("delta", 12), "title": "Cut"}]
+    counts = [_post_docs(stack, [v], coll)["results"][0]["chunks"] for v in reversed(versions)][::-1]
+    stored = 0  # versions[0] was written last
+    for delay in (0.05, 0.3, 0.8):
+        victims = _search_replicas()
+        assert len(victims) == 1, victims
+        outcome: dict = {}
+
+        def write(new: dict = versions[1 - stored]) -> None:
+            import httpx
+
+            try:
+                outcome["r"] = httpx.post(f"{stack.url}/v1/documents", json={"documents": [new], "collection": coll},
+                                          timeout=120)
+            except httpx.HTTPError as e:
+                outcome["error"] = e
+
+        t = threading.Thread(target=write)
+        t.start()
+        time.sleep(delay)
+        os.kill(victims.pop(), signal.SIGKILL)
+        t.join(150)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # replaced, and answering this collection's searches
+            if _search_replicas() and stack.client.get("/readyz", timeout=15).status_code == 200:
+                r = stack.client.post("/v1/retrieve", json={"question": "record part detail", "collection": coll,
+                                                            "top_k": 50, "mode": "dense",
+                                                            "filter": {"doc_ids": ["cut"]}},
+                                           headers={"cache-control": "no-cache"})
+                if r.status_code == 200:
+                    break
+            time.sleep(2)
+        else:
+            raise AssertionError("the search replica was not replaced within 180 s")
+        hits = r.json()["sources"]
+        markers = {("gamma" in h["text"], "delta" in h["text"]) for h in hits}
+        assert len(markers) == 1 and len({h["version"] for h in hits}) == 1, (delay, markers)
+        now = 0 if markers == {(True, False)} else 1
+        assert len(hits) == counts[now], (delay, len(hits), counts)  # whole: every chunk of that version
+        status = outcome["r"].status_code if "r" in outcome else None
+        print(f"\n[cut write] kill after {delay}s: write answered {status or outcome.get('error')!r}; "
+              f"stored: {'new' if now != stored else 'old'} version ({len(hits)} chunks)")
+        assert status is None or status == 200 or status >= 500, outcome["r"].text
+        if status == 200:
+            assert now != stored, "a write acknowledged with 200 was lost"
+        stored = now
+
+
 # --------------------------------------------------------------------------- filters
 def test_filters(stack, coll: str) -> None:
     docs = [
