@@ -50,7 +50,7 @@ SAMPLES = 16
 ERRORS = 128
 #: Which quantile of them. Retrievals admitted with a smaller estimate have slack, so the share of
 #: all admitted retrievals within the budget is larger than this.
-QUANTILE = 0.9
+QUANTILE = 0.95
 #: The share of the budget an estimate must reach for its error to count.
 NEAR = 0.25
 #: Errors needed before the margin applies (before that: 1).

@@ -130,7 +130,7 @@ def test_the_estimate_is_scaled_by_how_far_off_recent_estimates_were() -> None:
     assert list(a.errors) == [pytest.approx(2.0)]  # it took twice its estimate
     assert a.margin == 1.0  # too few errors yet to scale by
     a.errors.clear()
-    a.errors.extend([1.0] * 90 + [2.5] * 14)  # the 90th percentile is 2.5
+    a.errors.extend([1.0] * 95 + [2.5] * 9)  # the 95th percentile is 2.5
     a.recent.clear()
     a.recent.append(0.1)
     assert a.margin == pytest.approx(2.5)
