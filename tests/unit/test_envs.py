@@ -56,3 +56,18 @@ def test_prepare_local_ray_sets_node_defaults_and_an_operator_value_wins(monkeyp
     envs.prepare_local_ray()
     assert os.environ["RAY_gcs_server_port_wait_time_s"] == "7"
     assert envs.node_env()["RAY_gcs_server_port_wait_time_s"] == "7"  # what nodes and pods get, too
+
+
+def test_node_ray_serve_variables_are_names_ray_serve_reads() -> None:
+    """A misspelt Ray setting is silently ignored: every ``node`` variable of Ray Serve's is one its
+    constants module reads (checked in its source, without importing Ray)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ray")
+    if spec is None or spec.origin is None:
+        pytest.skip("ray is not installed")
+    source = (Path(spec.origin).parent / "serve" / "_private" / "constants.py").read_text()
+    serve_vars = [n for n in envs.declared("node") if n.startswith("RAY_SERVE_")]
+    assert "RAY_SERVE_USE_GRPC_BY_DEFAULT" in serve_vars
+    for name in serve_vars:
+        assert f'"{name}"' in source, name
