@@ -16,8 +16,8 @@ admitted near the budget (an estimate of at least :data:`NEAR` of it) also recor
 its estimate was (latency / estimate at admission), and the estimate is scaled by the
 :data:`QUANTILE` of the last :data:`ERRORS` of these ratios (at least 1) before it is compared with
 the budget. Only those near the budget: a lone retrieval's ratio is noisy (one slow search is 3x
-the median) but far from the budget either way, and counting it shed a third of the requests at
-an offered load equal to the capacity. Measured on a 2-core AMD EPYC (Zen 4) without that scaling:
+the median) but far from the budget either way, and counting it shed 16 % of the requests at an
+offered load equal to the capacity. Measured on a 2-core AMD EPYC (Zen 4) without that scaling:
 uncached retrievals at 2x and 4x capacity were admitted with p50 961 / 949 ms but p99 1311 /
 1722 ms against a 1 s budget: the latencies cluster around the mean the estimate targets.
 
