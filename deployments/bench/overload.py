@@ -259,8 +259,8 @@ async def idle_probes(url: str, seconds: float) -> dict[str, dict[str, Any]]:
 
 
 #: The config field holding each target's budget.
-BUDGET_FIELDS = {"retrieve": "ingress.retrieve_budget_s", "retrieve_cached": "ingress.retrieve_budget_s", "query": "generator.ttft_budget_s",
-                 "generate": "generator.ttft_budget_s"}
+BUDGET_FIELDS = {"retrieve": "ingress.retrieve_budget_s", "retrieve_cached": "ingress.retrieve_budget_s",
+                 "query": "generator.ttft_budget_s", "generate": "generator.ttft_budget_s"}
 
 
 def budgets(cfg: Any) -> dict[str, float]:
