@@ -45,12 +45,14 @@ class CorpusVersions:
     def __init__(self, client: Any, timeout_s: float) -> None:
         self.client = client
         self.timeout = timeout_s
+        self._ensured = False
 
     def ensure(self) -> None:
         """Create the versions collection if it is missing, and load it (after a restart too)."""
         if not self.client.has_collection(VERSIONS_COLLECTION, timeout=self.timeout):
             self._create()
         self.client.load_collection(VERSIONS_COLLECTION, timeout=self.timeout)
+        self._ensured = True
 
     def _create(self) -> None:
         from pymilvus import DataType, MilvusClient
@@ -88,7 +90,12 @@ class CorpusVersions:
 
     def _again_if_missing(self, call: Callable[[], object]) -> None:
         """``call``, and once more after :meth:`ensure` when the versions collection is missing or
-        not loaded (the first write to a new Milvus, or the first after a restart)."""
+        not loaded (the first write to a new Milvus, or the first after a restart).
+
+        The first call of this object ensures the collection first: pymilvus logs every failed
+        call at ERROR with a traceback, which on a fresh Milvus read like a failed ingest."""
+        if not self._ensured:
+            self.ensure()
         try:
             call()
         except Exception:  # noqa: BLE001 - pymilvus raises MilvusException subclasses; a real outage fails again

@@ -22,6 +22,12 @@ class FakeMilvus:
         self.collections: set[str] = set()
         self.created: list[str] = []
         self.upserts: list[tuple[str, int]] = []
+        self.missing: list[str] = []  # calls made to a collection that did not exist (Milvus raises)
+
+    def _exists(self, name: str) -> None:
+        if name not in self.collections:
+            self.missing.append(name)
+            raise RuntimeError(f"collection {name!r} does not exist")
 
     def has_collection(self, name: str, **_: Any) -> bool:
         return name in self.collections
@@ -41,10 +47,11 @@ class FakeMilvus:
         return []
 
     def upsert(self, name: str, rows: list[dict[str, Any]], **_: Any) -> None:
+        self._exists(name)
         self.upserts.append((name, len(rows)))
 
-    def delete(self, *args: Any, **_: Any) -> None:
-        pass
+    def delete(self, name: str, **_: Any) -> None:
+        self._exists(name)
 
     def flush(self, *args: Any, **_: Any) -> None:
         pass
@@ -64,8 +71,10 @@ def test_default_collection_reads_empty_then_is_created_by_the_first_write(searc
     assert fake.created == []  # reading created nothing (the vector size is not known yet)
     rows = [{"id": "c0", "doc_id": "doc-1", "dense": [0.1, 0.2, 0.3]}]
     asyncio.run(s.replace_document(None, "doc-1", rows, []))
-    # The document, then the collection's new version token (the retrieval cache's, versions.py).
-    assert fake.created == ["main"] and fake.upserts == [("main", 1), (VERSIONS_COLLECTION, 1)]
+    # The document, then the collection's new version token (the retrieval cache's, versions.py),
+    # whose collection is made before its first use: no call fails (pymilvus would log an ERROR).
+    assert fake.created == ["main", VERSIONS_COLLECTION] and fake.upserts == [("main", 1), (VERSIONS_COLLECTION, 1)]
+    assert fake.missing == []
 
 
 def test_other_collections_must_exist(searcher) -> None:
