@@ -12,10 +12,13 @@ of a fresh replica, which loads its tokenizers and Milvus collection) must not m
 refuse concurrent retrievals until many lone ones have averaged it away.
 
 The estimate is a mean; the budget is meant for nearly every admitted retrieval. So each retrieval
-admitted near the budget (an estimate of at least :data:`NEAR` of it) also records how far off
-its estimate was (latency / estimate at admission), and the estimate is scaled by the
-:data:`QUANTILE` of the last :data:`ERRORS` of these ratios (at least 1) before it is compared with
-the budget. Only those near the budget: a lone retrieval's ratio is noisy (one slow search is 3x
+admitted near the budget (a scaled estimate of at least :data:`NEAR` of it) also records how far
+off its estimate was (latency / estimate at admission), and the estimate is scaled by the
+:data:`QUANTILE` of the last :data:`ERRORS` of these ratios within :data:`ERRORS_WINDOW_S` (at
+least 1) before it is compared with the budget. Near the budget as scaled, so that a large margin
+learnt in a flood is corrected by the retrievals it admits afterwards, and only recent ratios: a
+flood's margin otherwise outlived it, refusing most of a later closed loop at a fifth of the
+capacity (465 admitted of 8,395 requests in 20 s). Only those near the budget: a lone retrieval's ratio is noisy (one slow search is 3x
 the median) but far from the budget either way, and counting it shed 16 % of the requests at an
 offered load equal to the capacity. Measured on a 2-core AMD EPYC (Zen 4) without that scaling:
 uncached retrievals at 2x and 4x capacity were admitted with p50 961 / 949 ms but p99 1311 /
@@ -55,6 +58,8 @@ QUANTILE = 0.95
 NEAR = 0.25
 #: Errors needed before the margin applies (before that: 1).
 MIN_ERRORS = 16
+#: Seconds an error counts for: the margin describes the machine now, not the last flood.
+ERRORS_WINDOW_S = 30.0
 
 
 @dataclass
@@ -64,6 +69,7 @@ class _Ticket:
     start: float
     area: float
     estimate: float  # the estimate it was admitted with (unscaled; 0 before any measurement)
+    scaled: float  # ... times the margin: what was compared with the budget
 
 
 class RetrievalAdmission:
@@ -83,7 +89,7 @@ class RetrievalAdmission:
         self.clock = clock
         self.in_flight = 0
         self.recent: deque[float] = deque(maxlen=samples)
-        self.errors: deque[float] = deque(maxlen=ERRORS)
+        self.errors: deque[tuple[float, float]] = deque(maxlen=ERRORS)  # (when, latency / estimate)
         self._area = 0.0  # integral of in_flight over time: the mean in flight over any interval
         self._t = clock()
 
@@ -105,10 +111,14 @@ class RetrievalAdmission:
     @property
     def margin(self) -> float:
         """What the estimate is scaled by before the budget: the :data:`QUANTILE` of the recent
-        prediction errors, at least 1 (1 until :data:`MIN_ERRORS` were seen)."""
+        prediction errors of the last :data:`ERRORS_WINDOW_S`, at least 1 (1 while fewer than
+        :data:`MIN_ERRORS`)."""
+        horizon = self.clock() - ERRORS_WINDOW_S
+        while self.errors and self.errors[0][0] < horizon:
+            self.errors.popleft()
         if len(self.errors) < MIN_ERRORS:
             return 1.0
-        ranked = sorted(self.errors)
+        ranked = sorted(ratio for _, ratio in self.errors)
         return max(1.0, ranked[min(len(ranked) - 1, int(QUANTILE * len(ranked)))])
 
     def refusal(self, wait_s: float = 0.0) -> OverloadedError | None:
@@ -135,7 +145,8 @@ class RetrievalAdmission:
         now = self._advance()
         if (err := self.refusal(wait_s)) is not None:
             raise err
-        ticket = _Ticket(now, self._area, self.estimate_s())
+        estimate = self.estimate_s()
+        ticket = _Ticket(now, self._area, estimate, estimate * self.margin)
         self.in_flight += 1
         return ticket
 
@@ -147,8 +158,8 @@ class RetrievalAdmission:
         if not measured or elapsed <= 0 or area <= 0:
             return
         self.recent.append(elapsed * elapsed / area)  # latency / mean in flight during it
-        if ticket.estimate > 0 and self.budget_s is not None and ticket.estimate >= NEAR * self.budget_s:
-            self.errors.append(elapsed / ticket.estimate)
+        if ticket.estimate > 0 and self.budget_s is not None and ticket.scaled >= NEAR * self.budget_s:
+            self.errors.append((now, elapsed / ticket.estimate))
 
     @contextmanager
     def admitted(self) -> Iterator[None]:

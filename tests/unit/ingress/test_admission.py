@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deployments.errors import OverloadedError
+from deployments.ingress import admission
 from deployments.ingress.admission import RetrievalAdmission
 
 
@@ -114,6 +115,12 @@ def test_one_slow_first_retrieval_does_not_set_the_estimate() -> None:
     assert [a.admit() for _ in range(5)]  # five in flight: about 0.45 s, within the budget
 
 
+def _errors(a: RetrievalAdmission, ratios: list[float]) -> None:
+    """Replace ``a``'s recorded prediction errors with ``ratios``, recorded now."""
+    a.errors.clear()
+    a.errors.extend((a.clock(), r) for r in ratios)
+
+
 def test_the_estimate_is_scaled_by_how_far_off_recent_estimates_were() -> None:
     clock = Clock()
     a = RetrievalAdmission(budget_s=1.0, clock=clock)
@@ -127,10 +134,9 @@ def test_the_estimate_is_scaled_by_how_far_off_recent_estimates_were() -> None:
     clock.t += 0.6
     for t in tickets:
         a.done(t)
-    assert list(a.errors) == [pytest.approx(2.0)]  # it took twice its estimate
+    assert [r for _, r in a.errors] == [pytest.approx(2.0)]  # it took twice its estimate
     assert a.margin == 1.0  # too few errors yet to scale by
-    a.errors.clear()
-    a.errors.extend([1.0] * 95 + [2.5] * 9)  # the 95th percentile is 2.5
+    _errors(a, [1.0] * 95 + [2.5] * 9)  # the 95th percentile is 2.5
     a.recent.clear()
     a.recent.append(0.1)
     assert a.margin == pytest.approx(2.5)
@@ -140,10 +146,33 @@ def test_the_estimate_is_scaled_by_how_far_off_recent_estimates_were() -> None:
     a.admit()
     err = a.refusal()
     assert err is not None and "1250 ms" in err.message  # 5 x 0.1 s x 2.5
-    a.errors.clear()
-    a.errors.extend([0.5] * 20)  # estimates too high: the margin never goes below 1
+    _errors(a, [0.5] * 20)  # estimates too high: the margin never goes below 1
     assert a.margin == 1.0 and a.refusal() is None
     assert a.refusal(wait_s=0.6) is not None  # time already waited elsewhere counts
+
+
+def test_a_floods_margin_does_not_outlive_it() -> None:
+    """A margin learnt in a flood is forgotten after the window, and meanwhile the retrievals it
+    admits near the budget as scaled correct it (with the margin of 1 they would not have counted)."""
+    clock = Clock()
+    a = RetrievalAdmission(budget_s=1.0, clock=clock)
+    a.recent.extend([0.1] * 16)
+    _errors(a, [4.0] * 20)  # the flood: latencies 4x their estimates
+    assert a.margin == pytest.approx(4.0)
+    a.admit()
+    a.admit()  # the second estimated at 2 x 0.1 s x 4 = 0.8 s
+    assert a.refusal() is not None  # 3 x 0.1 s x 4 = 1.2 s
+    clock.t += admission.ERRORS_WINDOW_S + 1
+    assert a.margin == 1.0 and not a.errors and a.refusal() is None  # the window passed: plain estimate
+
+    b = RetrievalAdmission(budget_s=1.0, clock=clock)
+    b.recent.extend([0.1] * 16)
+    _errors(b, [4.0] * 20)
+    for _ in range(130):  # calm now: one at a time, estimated 0.1 s (0.4 s scaled), taking 0.1 s
+        t = b.admit()
+        clock.t += 0.1
+        b.done(t)
+    assert b.margin == 1.0  # 128 recent errors of 1.0 replaced the flood's
 
 
 # --------------------------------------------------------------------------- the middleware
