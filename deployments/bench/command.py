@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from deployments.bench import baselines, encoders, load, overload, runner
-from deployments.bench import capacity, priority
+from deployments.bench import capacity
 from deployments.bench import ingest as ingest_bench
 from deployments.bench.stats import StepResult
 from deployments.config import AppConfig, load_config_or_defaults
@@ -127,8 +127,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run the steps, print the table, write the reports; exit 1 if any request failed."""
     cfg = load_config_or_defaults(args.config)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if args.mode in ("closed", "open", "overload") and (yielded := priority.yield_to_local_server(args.url)):
-        print(f"bench: {yielded.describe()}", flush=True)
     if args.mode == "overload":
         return cmd_overload(args, cfg, targets)
     if args.mode == "encoder-backends":
