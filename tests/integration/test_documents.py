@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -238,6 +239,201 @@ def test_a_write_cut_by_a_killed_search_replica_leaves_one_whole_version(stack, 
         assert status is None or status == 200 or status >= 500, outcome["r"].text
         if status == 200:
             assert now != stored, "a write acknowledged with 200 was lost"
+        stored = now
+
+
+# --------------------------------------------------------------------------- a write cut inside its upsert
+#: Unread bytes on the search replica's Milvus connection that only an upsert of document chunks
+#: reaches: the other calls of a write (a query, the delete of a version token) send well under
+#: 2 KiB; the upserts below (a few dozen rows of 384 floats, tombstones too) send about 50 KiB
+#: and more, of which a stopped Milvus holds all, or at least the 64 KiB that HTTP/2 lets a
+#: stream send before its reader answers.
+UPSERT_BYTES = 16 * 1024
+
+
+class _Conn(NamedTuple):
+    """One TCP connection to Milvus: bytes sent each way and not yet read by the other end."""
+    client_port: int
+    client_inode: int
+    unread_at_milvus: int
+    unread_at_client: int
+
+
+def _milvus_connections(port: int) -> list[_Conn]:
+    """The connections to the Milvus server on ``port``, from ``/proc/net/tcp``: this network
+    namespace's sockets, the stack's too (the tests run in its namespace)."""
+    server: dict[int, int] = {}
+    clients: dict[int, tuple[int, int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] != "01":  # TCP_ESTABLISHED
+                    continue
+                local, remote = (int(f[i].rsplit(":", 1)[1], 16) for i in (1, 2))
+                rx = int(f[4].split(":")[1], 16)  # tx_queue:rx_queue
+                if local == port:
+                    server[remote] = rx
+                elif remote == port:
+                    clients[local] = (int(f[9]), rx)
+    return [_Conn(p, inode, server.get(p, 0), rx) for p, (inode, rx) in clients.items()]
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of ``pid``'s sockets (to tell its connections in ``/proc/net/tcp``)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _thread_states(pid: int) -> list[str]:
+    """The state letter of each thread of ``pid`` (``/proc/PID/task/*/stat``)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            states.append(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0])
+    return states
+
+
+def _stop(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every thread of it has stopped (the signal is asynchronous)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while not all(s in "tTZX" for s in _thread_states(pid)):
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.001)
+
+
+def _hold_at_upsert(milvus: int, port: int, replica: int, writing: threading.Event) -> int:
+    """Run the search replica and the (stopped) Milvus server in turns, never both at once, until
+    the replica has sent more than UPSERT_BYTES on its Milvus connection: its upsert. Returns the
+    bytes of it waiting unread in Milvus's socket, with both processes stopped.
+
+    Every request the replica sends meets a stopped Milvus, so it waits whole in the socket and its
+    size can be read (``rx_queue``) once the replica is stopped too. A small one (a query, a delete,
+    HTTP/2 pings) is let through: Milvus runs, the replica stopped, until it has read everything,
+    every thread of it sleeps, and the replica's answer has come (or, for a ping, Milvus stayed
+    idle a few polls); then Milvus is stopped before the replica runs on. So when the upsert is
+    sent, Milvus can have read none of it, and the replica is inside the call until it dies.
+    """
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert writing.is_set(), "the write ended before its upsert reached Milvus"
+        if not any(c.unread_at_milvus for c in _milvus_connections(port)):
+            time.sleep(0.002)  # the replica is not calling Milvus (e.g. the encoder is at work)
+            continue
+        _stop(replica)
+        mine = _socket_inodes(replica)
+        conns = [c for c in _milvus_connections(port) if c.client_inode in mine]
+        unread = max((c.unread_at_milvus for c in conns), default=0)
+        if unread > UPSERT_BYTES:
+            return unread
+        answered, quiet = sum(c.unread_at_client for c in conns), 0
+        os.kill(milvus, signal.SIGCONT)
+        while quiet < 20:
+            conns = _milvus_connections(port)
+            idle = (not any(c.unread_at_milvus for c in conns)
+                    and all(s == "S" for s in _thread_states(milvus)))  # all read, every thread sleeping
+            if idle and sum(c.unread_at_client for c in conns if c.client_inode in mine) > answered:
+                break  # the replica's answer has come
+            # No answer is due to HTTP/2 frames (pings, window updates) or another client's call:
+            # then Milvus idle for 20 polls ends the turn. Ending one early can only make the
+            # replica's call time out (the write then ends, and the loop's first assert says so).
+            quiet = quiet + 1 if idle else 0
+            time.sleep(0.001)
+        _stop(milvus)
+        os.kill(replica, signal.SIGCONT)
+    raise AssertionError("the write's upsert did not reach Milvus within 120 s")
+
+
+def _search_when_replaced(stack, coll: str, doc_id: str) -> list[dict]:
+    """The document's hits once the killed search replica is replaced and answers this collection."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if _search_replicas() and stack.client.get("/readyz", timeout=15).status_code == 200:
+            body = {"question": "record part detail", "collection": coll, "top_k": 50, "mode": "dense",
+                    "filter": {"doc_ids": [doc_id]}}
+            r = stack.client.post("/v1/retrieve", json=body, headers={"cache-control": "no-cache"})
+            if r.status_code == 200:
+                return r.json()["sources"]
+        time.sleep(2)
+    raise AssertionError("the search replica was not replaced within 180 s")
+
+
+def test_a_write_cut_inside_its_milvus_upsert_leaves_one_whole_version(stack, coll: str) -> None:
+    """The search replica is SIGKILLed while it is provably inside the Milvus upsert of a document
+    replacement: the document is then its old version or its new one, whole, never a mix; the
+    write answers 503/504 (in the one error shape) or 200, and a 200 means the new version.
+
+    How the kill is placed, without timing: Milvus is stopped (SIGSTOP) before the write, and
+    :func:`_hold_at_upsert` lets the write's small calls through one at a time while the replica
+    is stopped, until the replica has sent a request of more than UPSERT_BYTES; that request
+    sits unread in Milvus's socket when the replica is killed, and Milvus runs on only after.
+    Two rounds, each writing the version that is not stored (a 1-chunk version over ~30 chunks:
+    an upsert of mostly tombstones; then the other way, unless the first round kept the old one).
+    What each round ended with is printed: which version is kept depends on whether the whole
+    upsert was in the kernel's buffers at the kill (the dead replica's socket still delivers it,
+    and Milvus applies it) or part of it was still held back by HTTP/2 flow control."""
+    versions = [{"id": "cut-upsert", "text": _text("gamma", 300), "title": "Cut"},
+                {"id": "cut-upsert", "text": _text("delta", 12), "title": "Cut"}]
+    counts = [_post_docs(stack, [v], coll)["results"][0]["chunks"] for v in reversed(versions)][::-1]
+    assert counts[0] <= 50, counts  # every chunk fits one search (max_top_k)
+    milvus, port = stack.milvus.proc.pid, stack.milvus.port
+    assert stack.milvus.proc.poll() is None
+    stored = 0  # versions[0] was written last
+    for round_ in (1, 2):
+        victims = _search_replicas()
+        assert len(victims) == 1, victims
+        replica = victims.pop()
+        outcome: dict = {}
+        writing = threading.Event()
+
+        def write(new: dict = versions[1 - stored], outcome: dict = outcome,
+                  writing: threading.Event = writing) -> None:
+            import httpx
+
+            try:
+                outcome["r"] = httpx.post(f"{stack.url}/v1/documents", timeout=120,
+                                          json={"documents": [new], "collection": coll})
+            except httpx.HTTPError as e:
+                outcome["error"] = e
+            finally:
+                writing.clear()
+
+        t = threading.Thread(target=write)
+        _stop(milvus)
+        try:
+            writing.set()
+            t.start()
+            unread = _hold_at_upsert(milvus, port, replica, writing)
+            os.kill(replica, signal.SIGKILL)  # both stopped: the upsert is sent, unanswered
+        finally:
+            # Never leave the session's Milvus (or a live replica) stopped: later tests use them.
+            os.kill(milvus, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(replica, signal.SIGCONT)
+        t.join(150)
+        assert not t.is_alive(), "the write did not answer within 150 s"
+        hits = _search_when_replaced(stack, coll, "cut-upsert")
+        markers = {("gamma" in h["text"], "delta" in h["text"]) for h in hits}
+        assert len(markers) == 1 and len({h["version"] for h in hits}) == 1, (round_, markers)
+        now = 0 if markers == {(True, False)} else 1
+        assert len(hits) == counts[now], (round_, len(hits), counts)  # whole: every chunk of that version
+        r = outcome.get("r")
+        status = r.status_code if r is not None else None
+        print(f"\n[cut inside upsert] round {round_}: replica killed with {unread} B of its upsert unread at "
+              f"Milvus; the write answered {status or outcome.get('error')!r}; stored: "
+              f"{'new' if now != stored else 'old'} version ({len(hits)} chunks)")
+        assert r is not None, outcome  # the ingress answers, whatever the replica did
+        assert status == 200 or status in (503, 504), r.text
+        if status == 200:
+            assert now != stored, "a write acknowledged with 200 was lost"
+        else:
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code"} and err["code"] == status, err
         stored = now
 
 
