@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -29,6 +29,7 @@ TARGETS = ("retrieve", "retrieve_cached", "embed", "generate", "generate_collect
 #: Prefix of a mixed workload's target: ``mix:0.5`` is half retrievals, half RAG queries.
 MIX = "mix:"
 Request = Callable[[httpx.AsyncClient, int], Awaitable[Sample]]
+S = TypeVar("S")  # what a loop's call returns: a Sample here, an overload Outcome
 NO_CACHE = {"cache-control": "no-cache"}
 
 
@@ -103,10 +104,11 @@ async def _streamed(client: httpx.AsyncClient, route: str, body: dict, start: fl
     return Sample(start, time.perf_counter() - start, True, ttft=ttft, output_tokens=tokens)
 
 
-async def closed_loop(call: Request, client: httpx.AsyncClient, concurrency: int, duration_s: float,
-                      max_requests: int) -> tuple[list[Sample], float]:
-    """``concurrency`` workers, each sending its next request when the last one finished."""
-    samples: list[Sample] = []
+async def closed_loop(call: Callable[[Any, int], Awaitable[S]], client: Any, concurrency: int, duration_s: float,
+                      max_requests: int) -> tuple[list[S], float]:
+    """``concurrency`` workers, each sending its next request when the last one finished
+    (``client``: whatever ``call`` sends with, an httpx client here, an aiohttp session in overload)."""
+    samples: list[S] = []
     counter = iter(range(max_requests))
     deadline = time.perf_counter() + duration_s
 
@@ -121,12 +123,12 @@ async def closed_loop(call: Request, client: httpx.AsyncClient, concurrency: int
     return samples, time.perf_counter() - start
 
 
-async def open_loop(call: Request, client: httpx.AsyncClient, rate: float, duration_s: float,
-                    max_requests: int, seed: int = 0) -> tuple[list[Sample], float]:
+async def open_loop(call: Callable[[Any, int], Awaitable[S]], client: Any, rate: float, duration_s: float,
+                    max_requests: int, seed: int = 0) -> tuple[list[S], float]:
     """Poisson arrivals at ``rate`` requests/s for ``duration_s``, whatever the responses do
     (so queueing shows as latency, unlike a closed loop that slows down with the server)."""
     rng = random.Random(seed)
-    tasks: list[asyncio.Task[Sample]] = []
+    tasks: list[asyncio.Task[S]] = []
     start = time.perf_counter()
     next_at = start
     for i in range(max_requests):
