@@ -489,7 +489,7 @@ class IngressConfig(_Strict):
         description="Longest estimated latency a retrieval (preprocess, encoder, search, rerank; of /v1/retrieve, "
         "/v1/query and chat with retrieval) is admitted with: (retrievals in flight in this ingress replica + 1) "
         "x the stages' time per retrieval measured on this machine, scaled by how far recent estimates fell short "
-        "(the 95th percentile of those made near the budget; deployments/ingress/admission.py). Serve's HTTP proxy applies the same budget "
+        "(the 99th percentile of those of the last 30 s made near the budget; deployments/ingress/admission.py). Serve's HTTP proxy applies the same budget "
         "to /v1/retrieve as a whole, cache hits and queueing in front of the ingress included "
         "(deployments/ingress/gate.py). Beyond it "
         "the request gets 503 + Retry-After at once instead of waiting in the retrieval stages' Serve queues "

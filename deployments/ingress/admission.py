@@ -50,10 +50,10 @@ from deployments.errors import OverloadedError
 #: Service-time contributions the estimate is the median of.
 SAMPLES = 16
 #: Prediction errors (latency / estimate at admission) the estimate's margin is a quantile of.
-ERRORS = 128
+ERRORS = 512
 #: Which quantile of them. Retrievals admitted with a smaller estimate have slack, so the share of
 #: all admitted retrievals within the budget is larger than this.
-QUANTILE = 0.95
+QUANTILE = 0.99
 #: The share of the budget an estimate must reach for its error to count.
 NEAR = 0.25
 #: Errors needed before the margin applies (before that: 1).

@@ -151,7 +151,7 @@ def test_the_estimate_is_scaled_by_how_far_off_recent_estimates_were() -> None:
     assert a.refusal(wait_s=0.6) is not None  # time already waited elsewhere counts
 
 
-def test_a_floods_margin_does_not_outlive_it() -> None:
+def test_a_floods_margin_does_not_outlive_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A margin learnt in a flood is forgotten after the window, and meanwhile the retrievals it
     admits near the budget as scaled correct it (with the margin of 1 they would not have counted)."""
     clock = Clock()
@@ -165,14 +165,15 @@ def test_a_floods_margin_does_not_outlive_it() -> None:
     clock.t += admission.ERRORS_WINDOW_S + 1
     assert a.margin == 1.0 and not a.errors and a.refusal() is None  # the window passed: plain estimate
 
+    monkeypatch.setattr(admission, "ERRORS_WINDOW_S", 1e9)  # now the correction alone
     b = RetrievalAdmission(budget_s=1.0, clock=clock)
     b.recent.extend([0.1] * 16)
     _errors(b, [4.0] * 20)
-    for _ in range(130):  # calm now: one at a time, estimated 0.1 s (0.4 s scaled), taking 0.1 s
+    for _ in range(admission.ERRORS):  # calm: one at a time, estimated 0.1 s (0.4 s scaled), taking 0.1 s
         t = b.admit()
         clock.t += 0.1
         b.done(t)
-    assert b.margin == 1.0  # 128 recent errors of 1.0 replaced the flood's
+    assert b.margin == 1.0  # the recent errors of 1.0 replaced the flood's
 
 
 # --------------------------------------------------------------------------- the middleware
