@@ -15,12 +15,12 @@ token for generation) against the configured budget: ``generator.ttft_budget_s``
 (the longest estimated time to first token a generation is admitted with), ``ingress.retrieve_budget_s``
 for retrieval (the longest estimated latency a retrieval is admitted with).
 
-The requests are sent with aiohttp, not httpx: at a few hundred requests/s httpx's connection
-pool became the queue being measured. In one server session with a 145/s cached-retrieval flood
-(AMD EPYC Zen 4, 2 cores), Serve's proxy timed every admitted request at 1 s or less, while the
-httpx generator saw admitted p50 410-670 ms and p99 1.9-4.2 s (whether it kept every connection
-alive or not, at niceness 0 or 15, its event loop's lag99 48-400 ms); with aiohttp the same flood
-measured p50 108 ms and p99 680 ms, lag99 4 ms (docs/reliability.md, "Retrieval overload table").
+The requests are sent with aiohttp, not httpx: at a few hundred requests/s httpx itself became
+the queue being measured. In one server session with a 145/s cached-retrieval flood (AMD EPYC
+Zen 4, 2 cores), Serve's proxy timed every admitted request at 1 s or less, while the httpx
+generator saw admitted p50 440-670 ms and p99 1.9-4.2 s (connections kept alive or not, at
+niceness 0 or 15; its event loop's lag99 51-401 ms); with aiohttp the same flood measured p50
+108 ms and p99 680 ms, lag99 4 ms (docs/reliability.md, "Retrieval overload table").
 """
 
 from __future__ import annotations
