@@ -129,9 +129,12 @@ class RetrievalAdmission:
         refused when ``wait_s`` (time it already waited where this count cannot see) plus the
         estimate times the margin exceeds the budget while ``min_in_flight`` or more are in flight
         (503, Retry-After = the time the excess needs to drain, at least 1 s)."""
+        return self._refusal(wait_s, self.margin)
+
+    def _refusal(self, wait_s: float, margin: float) -> OverloadedError | None:
         if self.budget_s is None or self.in_flight < self.min_in_flight:
             return None
-        est = wait_s + self.estimate_s() * self.margin
+        est = wait_s + self.estimate_s() * margin
         if est <= self.budget_s:
             return None
         return OverloadedError(
@@ -146,10 +149,11 @@ class RetrievalAdmission:
             OverloadedError: :meth:`refusal` says so.
         """
         now = self._advance()
-        if (err := self.refusal(wait_s)) is not None:
+        margin = self.margin  # once per admission: it sorts the recent errors (the proxy's hot path)
+        if (err := self._refusal(wait_s, margin)) is not None:
             raise err
         estimate = self.estimate_s()
-        ticket = _Ticket(now, self._area, estimate, estimate * self.margin)
+        ticket = _Ticket(now, self._area, estimate, estimate * margin)
         self.in_flight += 1
         return ticket
 
