@@ -98,6 +98,13 @@ def as_ragserve_error(exc: BaseException) -> RagServeError:
     return RagServeError(f"internal error ({type(exc).__name__})")
 
 
+def is_backpressure(exc: BaseException) -> bool:
+    """Serve refused the call because the stage's queue (``max_queued_requests``) was full."""
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(exc, BackPressureError)
+
+
 def failure_message(exc: BaseException) -> str:
     """What went wrong, for an operator (readiness): a typed error's message, else the cause's
     own text (a stage's health check says why its engine is dead), cut to 300 characters."""

@@ -9,6 +9,7 @@ shape requests and responses.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,10 @@ from deployments.protocol.types import ENCODER_SEP, ChatMessage, encoded_collect
 from deployments.search import precision
 
 READY_TIMEOUT_S = 5.0
+# Waits (each jittered 0.5-1.5x) before a generation that Serve refused for its queue bound is sent
+# again: a burst's assignments take a few replica round trips; a queue that is really full still
+# answers 503 well under a second (Pipeline._generate).
+BURST_RETRY_S = (0.05, 0.1, 0.2)
 
 
 @dataclass
@@ -281,10 +286,18 @@ class Pipeline:
         admits the request, within ``accept_timeout_s`` (else 503: no replica took it, or Serve's
         queue is full), every later one within ``request_timeout_s`` (else 504; the generator
         enforces its own first). A message carries several chunks (``GenerationChunks``): a
-        non-streamed request's whole generation is one."""
+        non-streamed request's whole generation is one.
+
+        A generation Serve refuses as over ``max_queued_requests`` is sent again after a short
+        wait, at most ``len(BURST_RETRY_S)`` times: Serve's router counts a request as queued until
+        it is assigned, one replica round trip at a time, so a burst larger than the queue bound
+        is refused even by a replica with free slots (ray/serve/_private/router.py says so). The
+        retry tells such a burst from a full queue, which still answers 503 within about 0.4 s."""
         g = self.cfg.generator
-        stream = self.handles["generator"].options(stream=True).generate.remote(req)
+        generator = self.handles["generator"].options(stream=True)
+        stream = generator.generate.remote(req)
         first = True
+        refused = 0
         try:
             while True:
                 deadline = g.accept_timeout_s if first else g.request_timeout_s + 5
@@ -300,6 +313,11 @@ class Pipeline:
                                               retry_after_s=deadline) from None
                     raise DependencyTimeoutError(f"generator stage did not answer within {deadline}s") from None
                 except Exception as exc:  # the stream itself failed (or Serve refused it): nothing to cancel
+                    if first and refused < len(BURST_RETRY_S) and http.is_backpressure(exc):
+                        await asyncio.sleep(BURST_RETRY_S[refused] * random.uniform(0.5, 1.5))
+                        refused += 1
+                        stream = generator.generate.remote(req)
+                        continue
                     raise http.as_ragserve_error(exc) from None
                 first = False
                 for chunk in message.chunks:

@@ -14,7 +14,7 @@ import pytest
 
 from deployments.config import parse_app_config
 from deployments.errors import OverloadedError
-from deployments.ingress.pipeline import Pipeline
+from deployments.ingress.pipeline import BURST_RETRY_S, Pipeline
 from deployments.protocol.stages import (
     GenerationChunk, GenerationChunks, GenerationRequest, Hit, PackedContext, PreparedQuery, SamplingParams,
 )
@@ -141,6 +141,38 @@ def test_a_finished_or_failed_stream_is_not_cancelled() -> None:
     with pytest.raises(OverloadedError) as err:
         asyncio.run(drain(ingress(FailingStream([]))._generate(REQ)))
     assert err.value.status == 503 and err.value.retry_after_s >= 1
+
+
+class BurstHandle(FakeHandle):
+    """Serve refuses the first ``refusals`` calls for its queue bound, then a replica takes the call."""
+
+    def __init__(self, refusals: int, stream: FakeStream) -> None:
+        super().__init__(stream)
+        self.refusals, self.calls = refusals, 0
+
+    def remote(self, _req: GenerationRequest) -> FakeStream:
+        self.calls += 1
+        return FailingStream([]) if self.calls <= self.refusals else self.stream
+
+
+def burst(handle: BurstHandle) -> Pipeline:
+    return Pipeline({"generator": handle}, parse_app_config({}))
+
+
+def test_a_burst_refused_by_serves_queue_bound_is_sent_again() -> None:
+    """Serve's router refuses a burst larger than max_queued_requests while it assigns it one
+    request at a time, though the replica has free slots: a short retry gets the generation in."""
+    handle = BurstHandle(len(BURST_RETRY_S), FakeStream([GenerationChunk(text="a"), GenerationChunk(text="b")]))
+    assert asyncio.run(drain(burst(handle)._generate(REQ))) == ["a", "b"]
+    assert handle.calls == len(BURST_RETRY_S) + 1
+
+
+def test_a_queue_that_stays_full_is_a_503_after_the_retries() -> None:
+    handle = BurstHandle(10, FakeStream([GenerationChunk(text="a")]))
+    with pytest.raises(OverloadedError) as err:
+        asyncio.run(drain(burst(handle)._generate(REQ)))
+    assert err.value.status == 503 and err.value.retry_after_s >= 1
+    assert handle.calls == len(BURST_RETRY_S) + 1
 
 
 def test_a_consumer_that_goes_away_cancels_the_generator_stream() -> None:
