@@ -181,6 +181,14 @@ class LocalStack:
     def from_config_file(cls, path: str | Path | None = None, **kw: Any) -> "LocalStack":
         """The stack of a serve config YAML (default: ``RAGSERVE_CONFIG``, else the shipped one),
         on the host and port of its ``http_options``; without a file, the schema's defaults."""
+        chosen = path or env("RAGSERVE_CONFIG") or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+        if chosen:
+            log.info("config: %s", chosen)
+        else:
+            # The shipped file is found relative to the working directory: started elsewhere, the
+            # app differs from the shipped one (its encoder backend, CPU shares), silently until now.
+            log.warning("no config file (%s is not under %s and RAGSERVE_CONFIG is unset): running the schema's "
+                        "defaults, not the shipped config; --config names one", DEFAULT_CONFIG_PATH, Path.cwd())
         host, port = http_endpoint(path)
         return cls(load_config_or_defaults(path), host=host, port=port, **kw)
 

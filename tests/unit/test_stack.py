@@ -193,3 +193,32 @@ def test_rays_rule_for_a_cluster_found_here_is_still_there() -> None:
     from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
     assert "warn_if_disabled" in inspect.signature(maybe_enable_token_auth_if_token_available).parameters
+
+
+def test_a_stack_started_without_a_config_file_says_so(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Started outside the repository, the shipped cluster/serve_config.yaml is not found and the
+    schema's defaults run (another encoder backend, other CPU shares): the log names it."""
+    from deployments.stack import LocalStack
+
+    monkeypatch.delenv("RAGSERVE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="deployments.stack"):
+        stack = LocalStack.from_config_file(None)
+    assert stack.cfg.encoder.backend == "torch"  # the schema's default, not the shipped openvino
+    assert any(r.levelno == logging.WARNING and "schema's defaults" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stack_names_the_config_file_it_runs(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    from pathlib import Path
+
+    from deployments.stack import LocalStack
+
+    shipped = Path(__file__).resolve().parents[2] / "cluster" / "serve_config.yaml"
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="deployments.stack"):
+        stack = LocalStack.from_config_file(str(shipped))
+    assert stack.cfg.encoder.backend == "openvino"
+    assert any(f"config: {shipped}" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelno >= logging.WARNING and "schema's defaults" in r.getMessage() for r in caplog.records)
