@@ -429,8 +429,9 @@ class GeneratorConfig(_Strict):
         1, ge=1,
         description="Tokens the engine gathers per choice before it sends a streamed delta (vLLM's stream_interval); "
         "the first token and the last are sent at once, so time to first token is unchanged. Each delta is one "
-        "message through Serve (generator, ingress, proxy), so a larger value trades smoothness of a stream "
-        "for throughput where the engine shares CPUs with them; measured in docs/benchmarks.md.",
+        "message through Serve (generator, ingress, proxy); vLLM offers a larger value to take host work off a busy "
+        "engine at the cost of a smooth stream. On 2 shared CPU cores 4 did not raise streamed throughput "
+        "(docs/benchmarks.md), so 1 is shipped.",
     )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine.")
     passage_chars: int = Field(1200, ge=50, description="Each passage is cut to this many characters.")
