@@ -611,6 +611,19 @@ class AppConfig(_Strict):
 DEFAULT_CONFIG_PATH = Path("cluster/serve_config.yaml")
 
 
+def config_path(path: str | Path | None = None) -> Path:
+    """The serve config YAML a command uses: ``path`` when named, else ``RAGSERVE_CONFIG``, else the
+    shipped file, which is relative to the working directory (it may not exist there)."""
+    return Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def config_file(path: str | Path | None = None) -> Path | None:
+    """:func:`config_path` when a file is named (``path`` or ``RAGSERVE_CONFIG``) or the shipped one
+    exists here; None when neither: the schema's defaults run."""
+    chosen = config_path(path)
+    return chosen if path or env("RAGSERVE_CONFIG") or chosen.exists() else None
+
+
 def _format_errors(err: ValidationError, where: str) -> str:
     lines = [f"invalid ragserve config ({where}):"]
     for e in err.errors():
@@ -638,13 +651,12 @@ def load_serve_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None) -> AppConfig:
     """Load the :class:`AppConfig` from a serve config YAML (default: ``RAGSERVE_CONFIG``)."""
-    path = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    path = config_path(path)
     app = load_serve_yaml(path)["applications"][0]
     return parse_app_config(app.get("args"), where=f"{path}: applications[0].args")
 
 
 def load_config_or_defaults(path: str | Path | None = None) -> AppConfig:
     """:func:`load_config` when a config file is named or exists, else the schema's defaults."""
-    if path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH.exists():
-        return load_config(path)
-    return AppConfig()
+    chosen = config_file(path)
+    return load_config(chosen) if chosen is not None else AppConfig()

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments import envs
-from deployments.config import DEFAULT_CONFIG_PATH, AppConfig, load_config_or_defaults, load_serve_yaml
-from deployments.envs import env
+from deployments.config import AppConfig, config_file, config_path, load_config_or_defaults, load_serve_yaml
 from deployments.errors import ConfigError
 from deployments.search.lite import LiteServer, is_listening, local_endpoint
 
@@ -97,7 +96,7 @@ def init_ray(address: str | None, found_here: bool = False, **kwargs: Any) -> No
 def http_endpoint(path: str | Path | None = None) -> tuple[str, int]:
     """``(host, port)`` of a serve config YAML's ``http_options`` (default file: ``RAGSERVE_CONFIG``,
     else the shipped one; without a file, Serve's defaults on loopback)."""
-    p = Path(path or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    p = config_path(path)
     http = (load_serve_yaml(p).get("http_options") or {}) if p.exists() else {}
     return http.get("host", "127.0.0.1"), int(http.get("port", 8000))
 
@@ -181,16 +180,16 @@ class LocalStack:
     def from_config_file(cls, path: str | Path | None = None, **kw: Any) -> "LocalStack":
         """The stack of a serve config YAML (default: ``RAGSERVE_CONFIG``, else the shipped one),
         on the host and port of its ``http_options``; without a file, the schema's defaults."""
-        chosen = path or env("RAGSERVE_CONFIG") or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
-        if chosen:
+        chosen = config_file(path)
+        if chosen is not None:
             log.info("config: %s", chosen)
         else:
             # The shipped file is found relative to the working directory: started elsewhere, the
             # app differs from the shipped one (its encoder backend, CPU shares), silently until now.
             log.warning("no config file (%s is not under %s and RAGSERVE_CONFIG is unset): running the schema's "
-                        "defaults, not the shipped config; --config names one", DEFAULT_CONFIG_PATH, Path.cwd())
-        host, port = http_endpoint(path)
-        return cls(load_config_or_defaults(path), host=host, port=port, **kw)
+                        "defaults, not the shipped config; --config names one", config_path(), Path.cwd())
+        host, port = http_endpoint(chosen)
+        return cls(load_config_or_defaults(chosen), host=host, port=port, **kw)
 
     @property
     def url(self) -> str:

@@ -80,13 +80,13 @@ def validation_error(e: ValidationError) -> InvalidRequestError:
 def as_ragserve_error(exc: BaseException) -> RagServeError:
     """Map any exception reaching the ingress to a typed error (and so a status code)."""
     from ray.exceptions import RayActorError, RayTaskError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    from ray.serve.exceptions import DeploymentUnavailableError
 
     if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
         exc = exc.cause  # a stage's own error, raised in its replica
     if isinstance(exc, RagServeError):
         return exc
-    if isinstance(exc, BackPressureError):
+    if is_backpressure(exc):
         return OverloadedError(exc.message, retry_after_s=exc.retry_after_s or 1.0)
     if isinstance(exc, (DeploymentUnavailableError, RayActorError)):
         return DependencyUnavailableError(f"a stage is unavailable: {type(exc).__name__}")

@@ -47,11 +47,10 @@ def add_parser(sub: Any) -> None:
 
 def cmd_up(args: Any) -> int:
     """Start the head and worker nodes, then deploy the app across them."""
-    from deployments.config import DEFAULT_CONFIG_PATH, load_serve_yaml
-    from deployments.envs import env
+    from deployments.config import config_path, load_serve_yaml
 
     run_dir = Path(args.run_dir)
-    serve_yaml = load_serve_yaml(args.config or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    serve_yaml = load_serve_yaml(config_path(args.config))
     state = start_nodes(run_dir, args.workers or DEFAULT_WORKERS, args.base_port, args.dashboard)
     try:
         for n in state.nodes:

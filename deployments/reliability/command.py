@@ -91,14 +91,13 @@ def _mix(args: argparse.Namespace) -> Mix:
 
 def _up(args: argparse.Namespace, run_dir: Path) -> Any:
     """Start Milvus, ingest the sample corpus, start the nodes and deploy (``--up``)."""
-    from deployments.config import DEFAULT_CONFIG_PATH, load_config, load_serve_yaml
-    from deployments.envs import env
+    from deployments.config import config_path, load_config, load_serve_yaml
     from deployments.localcluster import deploy_app, start_nodes
     from deployments.localcluster.nodes import ProcRef, WorkerSpec, stop_cluster
     from deployments.stack import ensure_milvus
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    serve_yaml = chaos_serve_yaml(load_serve_yaml(args.config or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH),
+    serve_yaml = chaos_serve_yaml(load_serve_yaml(config_path(args.config)),
                                   args.replicas)
     config = run_dir / "serve.yaml"
     config.write_text(yaml.safe_dump(serve_yaml, sort_keys=False), encoding="utf-8")

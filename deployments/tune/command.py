@@ -115,11 +115,11 @@ def run_switch(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
     from deployments import envs
-    from deployments.config import DEFAULT_CONFIG_PATH
+    from deployments.config import config_path
     from deployments.stack import init_ray
     from deployments.tune import rollout
 
-    config = Path(args.config or env("RAGSERVE_CONFIG") or DEFAULT_CONFIG_PATH)
+    config = config_path(args.config)
     if args.step == "rollback":
         model = rollout.previous(config)
     else:
